@@ -1,0 +1,34 @@
+"""c360: a Jupyter-first, real-time Customer 360.
+
+The public API is what this module exports; everything else is private.
+"""
+
+from c360.broker import EmbeddedBroker, create_topics, kafka_for
+from c360.config import Settings
+from c360.delta import Delta
+from c360.errors import BrokerError, C360Error, ConfigError, DataError, InvalidEvent
+from c360.events import Catalogue, encode
+from c360.logic import chain, first_logic
+from c360.pipeline import Pipeline, run_until_idle
+from c360.store import EntityStore, Subscription
+
+__all__ = [
+    "BrokerError",
+    "C360Error",
+    "Catalogue",
+    "ConfigError",
+    "DataError",
+    "Delta",
+    "EmbeddedBroker",
+    "EntityStore",
+    "InvalidEvent",
+    "Pipeline",
+    "Settings",
+    "Subscription",
+    "chain",
+    "create_topics",
+    "encode",
+    "first_logic",
+    "kafka_for",
+    "run_until_idle",
+]

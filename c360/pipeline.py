@@ -1,0 +1,141 @@
+"""Running the customer-360 dataflow against Kafka, in the foreground or in the background.
+
+``run_until_idle`` is the bounded mode for notebooks, tests and batch users: it
+consumes every stream topic from the beginning until they have been idle for a
+while, and returns the store. ``Pipeline.start()`` runs the same flow in a
+background thread for live use (the demo, a dashboard server, a notebook).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from bytewax.connectors.kafka import KafkaSink
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import cluster_main
+
+from c360.broker import create_topics
+from c360.config import Settings
+from c360.delta import Delta
+from c360.errors import C360Error
+from c360.events import Catalogue
+from c360.logic import Logic, first_logic
+from c360.source import BatchKafkaSource
+from c360.store import EntityStore
+
+log = logging.getLogger(__name__)
+
+
+class _StorePartition(StatelessSinkPartition[list[Delta]]):
+    def __init__(self, store: EntityStore) -> None:
+        self._store = store
+
+    def write_batch(self, items: list[list[Delta]]) -> None:
+        for deltas in items:
+            self._store.apply(deltas)
+
+
+class StoreSink(DynamicSink[list[Delta]]):
+    """Writes batches of deltas into an :class:`EntityStore` (every worker into the same one)."""
+
+    def __init__(self, store: EntityStore) -> None:
+        self.store = store
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
+        return _StorePartition(self.store)
+
+
+class Pipeline:
+    """The customer-360 dataflow wired to Kafka and to an in-memory store."""
+
+    def __init__(self, settings: Settings | None = None, store: EntityStore | None = None, *,
+                 workers: int = 1, logic: Logic | None = first_logic,
+                 idle_timeout: float | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = store if store is not None else EntityStore()
+        self.catalogue = Catalogue(self.settings.topic_prefix)
+        self.workers = workers
+        self.logic = logic
+        self.idle_timeout = idle_timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.source: BatchKafkaSource | None = None
+
+    def build(self) -> Dataflow:
+        from dataflows.customer360 import build_flow
+
+        s = self.settings
+        brokers = s.require_bootstrap().split(",")
+        self.source = BatchKafkaSource(
+            brokers, self.catalogue.topics, idle_timeout=self.idle_timeout, stop=self._stop,
+            add_config=s.security.librdkafka(),
+        )
+        dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
+                        add_config={**s.security.librdkafka(), "message.max.bytes": "20000000"})
+        return build_flow(self.source, StoreSink(self.store), dlq, catalogue=self.catalogue,
+                          logic=self.logic, max_event_bytes=s.max_event_bytes)
+
+    def ensure_topics(self) -> None:
+        create_topics(self.settings, [*self.catalogue.topics, self.catalogue.dlq_topic])
+
+    def run(self) -> EntityStore:
+        """Run in this thread until stopped or (with ``idle_timeout``) idle."""
+        self.ensure_topics()
+        flow = self.build()
+        cluster_main(flow, [], 0, worker_count_per_proc=self.workers, epoch_interval=None)
+        return self.store
+
+    def start(self) -> Pipeline:
+        """Run in a background thread; returns at once."""
+        if self._thread is not None:
+            raise C360Error("this pipeline is already running")
+        self.ensure_topics()
+        flow = self.build()
+
+        def target() -> None:
+            try:
+                cluster_main(flow, [], 0, worker_count_per_proc=self.workers)
+            except BaseException as exc:  # surfaced by stop() and alive()
+                self.error = exc
+                log.exception("the customer-360 dataflow stopped with an error")
+
+        self._thread = threading.Thread(target=target, name="c360-dataflow", daemon=True)
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise C360Error(f"the dataflow did not stop within {timeout:.0f}s")
+        if self.error is not None:
+            raise C360Error(f"the dataflow failed: {self.error}") from self.error
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
+                   export: str | Path | None = None, workers: int = 1,
+                   logic: Logic | None = first_logic,
+                   store: EntityStore | None = None) -> EntityStore:
+    """Consume every stream topic from the beginning until idle for ``idle`` seconds.
+
+    Returns the store; with ``export``, also writes one row per customer there.
+    """
+    pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle)
+    pipeline.run()
+    if export is not None:
+        pipeline.store.export(export)
+    return pipeline.store

@@ -1,0 +1,1 @@
+"""Bytewax dataflows: ``python -m bytewax.run dataflows.customer360:flow``."""

@@ -1,0 +1,146 @@
+"""The customer-360 dataflow: every stream topic in, one live entity per customer out.
+
+    Kafka (one topic per stream)
+      -> decode + validate (msgspec)          bad -> c360.dlq with the reason
+      -> route to the entity's shard (by id, not by topic: no stream join)
+      -> fold into the entity + business logic -> field-level deltas
+      -> the in-memory entity store
+
+Run against Kafka with ``python -m bytewax.run dataflows.customer360:flow`` (it
+reads ``C360_KAFKA_BOOTSTRAP``), or plug in other sources and sinks with
+:func:`build_flow`, as the tests and notebooks do.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import bytewax.operators as op
+import msgspec
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from c360.delta import Delta
+from c360.errors import InvalidEvent
+from c360.events import Catalogue
+from c360.logic import Logic, first_logic
+from c360.shard import Failed, Routed, Shard, shard_of
+
+DEFAULT_SHARDS = 16
+_JSON = msgspec.json.Encoder()
+
+Message = KafkaSourceMessage | KafkaError
+
+
+class Decoded(msgspec.Struct):
+    """One polled batch after decoding: good events grouped by shard, and the rejects."""
+
+    by_shard: dict[str, list[Routed]]
+    failed: list[Failed]
+
+
+def make_decoder(catalogue: Catalogue, shards: int, max_bytes: int) -> Callable[[list[Message]], Decoded]:
+    by_topic = catalogue.by_topic
+
+    def decode_batch(msgs: list[Message]) -> Decoded:
+        by_shard: dict[str, list[Routed]] = {}
+        failed: list[Failed] = []
+        for m in msgs:
+            if isinstance(m, KafkaError):
+                km = m.msg
+                failed.append(Failed(f"consumer error: {m.err}", km.topic or "", km.partition or -1,
+                                     km.offset or -1, km.key, km.value))
+                continue
+            raw = m.value
+            try:
+                if raw is not None and len(raw) > max_bytes:
+                    raise InvalidEvent(f"payload too large: {len(raw)} bytes > {max_bytes}")
+                event = catalogue.decode(m.topic, raw)
+            except InvalidEvent as exc:
+                failed.append(Failed(exc.reason, m.topic or "", m.partition, m.offset, m.key, raw))
+                continue
+            stream = by_topic[m.topic]
+            kind = stream.entity_kind
+            entity_id = getattr(event, stream.key_field)
+            key = shard_of(kind, entity_id, shards)
+            routed = Routed(stream.name, kind, entity_id, event, (m.topic, m.partition, m.offset))
+            bucket = by_shard.get(key)
+            if bucket is None:
+                by_shard[key] = [routed]
+            else:
+                bucket.append(routed)
+        return Decoded(by_shard, failed)
+
+    return decode_batch
+
+
+def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
+    """The dead-letter record: the reason, where the event came from and its raw bytes."""
+    value = _JSON.encode({
+        "reason": f.reason,
+        "topic": f.topic,
+        "partition": f.partition,
+        "offset": f.offset,
+        "key": f.key.decode("utf-8", "replace") if f.key is not None else None,
+        "raw_base64": base64.b64encode(f.raw).decode() if f.raw is not None else None,
+        "rejected_at": datetime.now(timezone.utc),
+    })
+    return KafkaSinkMessage(key=f.key, value=value, headers=[("c360-reason", f.reason[:200].encode())])
+
+
+def build_flow(
+    source: Source[list[Message]],
+    store_sink: Sink[list[Delta]],
+    dlq_sink: Sink[KafkaSinkMessage],
+    *,
+    catalogue: Catalogue | None = None,
+    logic: Logic | None = first_logic,
+    shards: int = DEFAULT_SHARDS,
+    max_event_bytes: int = 1_000_000,
+    flow_id: str = "customer360",
+) -> Dataflow:
+    """The customer-360 dataflow between any batch source and any sinks."""
+    catalogue = catalogue or Catalogue()
+    flow = Dataflow(flow_id)
+    polled = op.input("kafka_in", flow, source)
+    # polled: list[KafkaSourceMessage | KafkaError], one poll of one partition
+    decoded = op.map("decode", polled, make_decoder(catalogue, shards, max_event_bytes))
+    # decoded: Decoded
+    routed = op.flat_map("by_shard", decoded, lambda d: list(d.by_shard.items()))
+    # routed: (shard key, list[Routed])
+
+    def fold(shard: Shard | None, batch: list[Routed]) -> tuple[Shard, tuple[list[Delta], list[Failed]]]:
+        shard = shard or Shard()
+        return shard, shard.apply(batch, logic)
+
+    folded = op.stateful_map("fold", routed, fold)
+    # folded: (shard key, (list[Delta], list[Failed]))
+    deltas = op.filter_map("deltas", folded, lambda kv: kv[1][0] or None)
+    # deltas: list[Delta], one batch per shard per poll
+    op.output("store_out", deltas, store_sink)
+
+    rejected = op.flat_map("decode_failures", decoded, lambda d: d.failed)
+    apply_failed = op.flat_map("apply_failures", folded, lambda kv: kv[1][1])
+    failures = op.merge("failures", rejected, apply_failed)
+    # failures: Failed
+    op.output("dlq_out", op.map("dead_letter", failures, dead_letter), dlq_sink)
+    return flow
+
+
+def _kafka_flow() -> Dataflow:
+    """The flow ``python -m bytewax.run`` runs: Kafka in, the process's store and DLQ out."""
+    from c360.pipeline import Pipeline
+
+    return Pipeline().build()
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first access so that importing build_flow needs no Kafka settings.
+    if name == "flow":
+        return _kafka_flow()
+    raise AttributeError(name)
