@@ -1,0 +1,5 @@
+import sys
+
+from c360.cli import main
+
+sys.exit(main())
