@@ -214,8 +214,14 @@ _STREAMS: tuple[Stream, ...] = (
 )
 
 DLQ = "dlq"
-ENTITY_CHANGES = "entity_changes"
+INGEST = "ingest"
 _ENCODER = msgspec.json.Encoder()
+
+
+class _Envelope(msgspec.Struct):
+    """What the mixed ingest topic needs first: which stream a record belongs to."""
+
+    stream: str
 
 
 class Catalogue:
@@ -229,13 +235,20 @@ class Catalogue:
         self.by_name = {s.name: s for s in self.streams}
         self.by_topic = {s.topic: s for s in self.streams}
         self.dlq_topic = prefix + DLQ
-        self._decoders = {
-            s.topic: msgspec.json.Decoder(s.schema) for s in self.streams
-        }
+        # For producers that cannot fan out: records name their stream in a "stream" field.
+        self.ingest_topic = prefix + INGEST
+        self._decoders = {s.name: msgspec.json.Decoder(s.schema) for s in self.streams}
+        self._envelope = msgspec.json.Decoder(_Envelope)
 
     @property
     def topics(self) -> list[str]:
+        """One topic per stream."""
         return [s.topic for s in self.streams]
+
+    @property
+    def input_topics(self) -> list[str]:
+        """Every topic the dataflow reads: the stream topics and the mixed ingest topic."""
+        return [*self.topics, self.ingest_topic]
 
     def topic(self, stream: str) -> str:
         try:
@@ -245,15 +258,25 @@ class Catalogue:
 
     def decode(self, topic: str, raw: bytes | None) -> Event:
         """Parse and validate one message, or raise :class:`InvalidEvent` saying why."""
-        decoder = self._decoders.get(topic)
-        if decoder is None:
-            raise InvalidEvent(f"unknown stream: topic {topic!r} is not in the catalogue")
+        return self.decode_with_stream(topic, raw)[1]
+
+    def decode_with_stream(self, topic: str, raw: bytes | None) -> tuple[Stream, Event]:
+        """The message's stream and its validated event, or :class:`InvalidEvent`."""
         if not raw:
             raise InvalidEvent("empty message")
+        stream = self.by_topic.get(topic)
         try:
-            return decoder.decode(raw)
+            if stream is None:
+                if topic != self.ingest_topic:
+                    raise InvalidEvent(f"unknown stream: topic {topic!r} is not in the catalogue")
+                name = self._envelope.decode(raw).stream
+                stream = self.by_name.get(name)
+                if stream is None:
+                    raise InvalidEvent(f"unknown stream {name!r}; known: {', '.join(self.by_name)}")
+            return stream, self._decoders[stream.name].decode(raw)
         except msgspec.ValidationError as exc:
-            raise InvalidEvent(f"invalid {self.by_topic[topic].name} event: {exc}") from None
+            what = stream.name if stream else "ingest"
+            raise InvalidEvent(f"invalid {what} event: {exc}") from None
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"malformed JSON: {exc}") from None
 

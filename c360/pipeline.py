@@ -71,7 +71,7 @@ class Pipeline:
         s = self.settings
         brokers = s.require_bootstrap().split(",")
         self.source = BatchKafkaSource(
-            brokers, self.catalogue.topics, idle_timeout=self.idle_timeout, stop=self._stop,
+            brokers, self.catalogue.input_topics, idle_timeout=self.idle_timeout, stop=self._stop,
             add_config=s.security.librdkafka(),
         )
         dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
@@ -80,7 +80,7 @@ class Pipeline:
                           logic=self.logic, max_event_bytes=s.max_event_bytes)
 
     def ensure_topics(self) -> None:
-        create_topics(self.settings, [*self.catalogue.topics, self.catalogue.dlq_topic])
+        create_topics(self.settings, [*self.catalogue.input_topics, self.catalogue.dlq_topic])
 
     def run(self) -> EntityStore:
         """Run in this thread until stopped or (with ``idle_timeout``) idle."""

@@ -45,7 +45,7 @@ class Decoded(msgspec.Struct):
 
 
 def make_decoder(catalogue: Catalogue, shards: int, max_bytes: int) -> Callable[[list[Message]], Decoded]:
-    by_topic = catalogue.by_topic
+    decode = catalogue.decode_with_stream
 
     def decode_batch(msgs: list[Message]) -> Decoded:
         by_shard: dict[str, list[Routed]] = {}
@@ -60,11 +60,10 @@ def make_decoder(catalogue: Catalogue, shards: int, max_bytes: int) -> Callable[
             try:
                 if raw is not None and len(raw) > max_bytes:
                     raise InvalidEvent(f"payload too large: {len(raw)} bytes > {max_bytes}")
-                event = catalogue.decode(m.topic, raw)
+                stream, event = decode(m.topic, raw)
             except InvalidEvent as exc:
                 failed.append(Failed(exc.reason, m.topic or "", m.partition, m.offset, m.key, raw))
                 continue
-            stream = by_topic[m.topic]
             kind = stream.entity_kind
             entity_id = getattr(event, stream.key_field)
             key = shard_of(kind, entity_id, shards)
