@@ -129,9 +129,8 @@ def create_topics(settings: Settings, topics: Iterable[str], partitions: int | N
             for t in dict.fromkeys(topics) if t not in existing
         ]
         if new:
-            try:
+            # A concurrent creator may win the race; the topic is there either way.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent creator won; the topic is there
     finally:
         admin.close()

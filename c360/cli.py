@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--duration", type=float, default=None, help="seconds to run")
     stop.add_argument("--events", type=int, default=None, help="events to produce")
     s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: C360_KAFKA_BOOTSTRAP)")
+    s.add_argument("--bootstrap", default=None, 
+                   help="Kafka bootstrap (default: C360_KAFKA_BOOTSTRAP)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_simulate)
 

@@ -167,7 +167,8 @@ class EntityStore:
         with self._lock:
             return sum(1 for e in self._entities.values() if e["kind"] == kind)
 
-    def dataframe(self, kind: str = "customer", fields: Iterable[str] | None = None) -> pd.DataFrame:
+    def dataframe(self, kind: str = "customer",
+                  fields: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per entity; nested objects flattened to ``parent.child`` columns."""
         rows = self.entities(kind)
         if fields is not None:
@@ -211,8 +212,8 @@ class EntityStore:
         df = self.dataframe(kind)
         df = df.rename(columns={"id": f"{kind}_id"}).sort_values(f"{kind}_id")
         # Tables hold scalars; lists and nested records stay in the .jsonl export.
-        scalar = [c for c in df.columns if not df[c].map(lambda v: isinstance(v, (list, dict))).any()]
-        df = df[scalar]
+        nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (list, dict))).any()]
+        df = df.drop(columns=nested)
         if suffix == ".csv":
             df.to_csv(path, index=False)
         else:

@@ -44,7 +44,9 @@ class Decoded(msgspec.Struct):
     failed: list[Failed]
 
 
-def make_decoder(catalogue: Catalogue, shards: int, max_bytes: int) -> Callable[[list[Message]], Decoded]:
+def make_decoder(
+    catalogue: Catalogue, shards: int, max_bytes: int
+) -> Callable[[list[Message]], Decoded]:
     decode = catalogue.decode_with_stream
 
     def decode_batch(msgs: list[Message]) -> Decoded:
@@ -89,7 +91,8 @@ def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
         "raw_base64": base64.b64encode(f.raw).decode() if f.raw is not None else None,
         "rejected_at": datetime.now(timezone.utc),
     })
-    return KafkaSinkMessage(key=f.key, value=value, headers=[("c360-reason", f.reason[:200].encode())])
+    headers = [("c360-reason", f.reason[:200].encode())]
+    return KafkaSinkMessage(key=f.key, value=value, headers=headers)
 
 
 def build_flow(
@@ -113,7 +116,9 @@ def build_flow(
     routed = op.flat_map("by_shard", decoded, lambda d: list(d.by_shard.items()))
     # routed: (shard key, list[Routed])
 
-    def fold(shard: Shard | None, batch: list[Routed]) -> tuple[Shard, tuple[list[Delta], list[Failed]]]:
+    def fold(
+        shard: Shard | None, batch: list[Routed]
+    ) -> tuple[Shard, tuple[list[Delta], list[Failed]]]:
         shard = shard or Shard()
         return shard, shard.apply(batch, logic)
 

@@ -1,0 +1,88 @@
+"""Small builders of events and Kafka messages for tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.testing import TestingSink, TestingSource, cluster_main
+
+from c360 import events as ev
+from c360.events import Catalogue, encode
+from c360.pipeline import StoreSink
+from c360.store import EntityStore
+from dataflows.customer360 import build_flow
+
+CAT = Catalogue("c360.")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def message(cat: Catalogue, stream: str, event: ev.Event, offset: int = 0,
+            partition: int = 0) -> KafkaSourceMessage:
+    key = ev.key_of(event).encode()
+    return KafkaSourceMessage(key=key, value=encode(event), topic=cat.topic(stream),
+                              partition=partition, offset=offset)
+
+
+def raw_message(topic: str, value: bytes | None, offset: int = 0,
+                key: bytes | None = b"k") -> KafkaSourceMessage:
+    return KafkaSourceMessage(key=key, value=value, topic=topic, partition=0, offset=offset)
+
+
+def mixed_events(customers: int = 30, per_customer: int = 12) -> list[tuple[str, ev.Event]]:
+    """A deterministic mix of streams over several customers, with duplicates."""
+    out: list[tuple[str, ev.Event]] = []
+    n = 0
+    for i in range(per_customer):
+        for c in range(customers):
+            cid = f"cust-{c:03d}"
+            t = at(i * 60 + c)
+            n += 1
+            kind = (i + c) % 6
+            if kind == 0:
+                out.append(("orders", ev.Order(
+                    event_id=f"o{n}", event_time=t, customer_id=cid, order_id=f"ord-{c}-{i}",
+                    order_date=t, status="created", total_amount=10.0 + i,
+                    lines=[ev.OrderLine("p1", 2, 5.0 + i / 2)])))
+            elif kind == 1:
+                out.append(("payments", ev.Payment(
+                    event_id=f"p{n}", event_time=t, customer_id=cid, order_id=f"ord-{c}-{i}",
+                    payment_date=t, method="card", amount=3.33 * (i + 1))))
+            elif kind == 2:
+                out.append(("loyalty", ev.Loyalty(event_id=f"l{n}", event_time=t, customer_id=cid,
+                                                  points_earned=400 * i)))
+            elif kind == 3:
+                out.append(("location", ev.Location(event_id=f"g{n}", event_time=t,
+                                                    customer_id=cid, latitude=-23.5 + i / 100,
+                                                    longitude=-46.6, city="Sao Paulo")))
+            elif kind == 4:
+                out.append(("search", ev.Search(event_id=f"s{n}", event_time=t, customer_id=cid,
+                                                event_type="search", query=f"shoes {i}",
+                                                results=i)))
+            else:
+                out.append(("reviews", ev.Review(event_id=f"r{n}", event_time=t, customer_id=cid,
+                                                 review_id=f"rv{n}", rating=1 + (i % 5))))
+            if n % 17 == 0:
+                out.append(out[-1])  # a duplicate: same event id, applied once
+    return out
+
+
+def batches(msgs: list, size: int) -> list[list]:
+    return [msgs[i:i + size] for i in range(0, len(msgs), size)]
+
+
+def run(msgs: list, workers: int, batch: int = 7) -> tuple[EntityStore, list]:
+    store = EntityStore()
+    dlq: list = []
+    flow = build_flow(TestingSource(batches(msgs, batch)), StoreSink(store), TestingSink(dlq),
+                      catalogue=CAT)
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return store, dlq
+
+
+def by_id(store: EntityStore) -> list[dict]:
+    return sorted(store.entities(None), key=lambda e: e["id"])
