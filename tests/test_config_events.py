@@ -1,0 +1,68 @@
+"""Settings from the environment and the event catalogue's validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from c360 import events as ev
+from c360.config import Settings
+from c360.errors import ConfigError, InvalidEvent
+from c360.events import Catalogue, encode
+from tests.factories import at
+
+
+def test_security_settings_reach_both_kafka_clients(monkeypatch) -> None:
+    monkeypatch.setenv("C360_KAFKA_BOOTSTRAP", "k1:9093,k2:9093")
+    monkeypatch.setenv("C360_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("C360_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("C360_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("C360_KAFKA_SASL_PASSWORD", "s3cret")
+    s = Settings.from_env()
+    assert s.kafka_python() == {
+        "bootstrap_servers": ["k1:9093", "k2:9093"], "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
+        "sasl_plain_password": "s3cret"}
+    assert s.librdkafka() == {
+        "bootstrap.servers": "k1:9093,k2:9093", "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "svc", "sasl.password": "s3cret"}
+    assert "s3cret" not in repr(s)
+
+
+def test_bad_settings_say_which_variable(monkeypatch) -> None:
+    monkeypatch.setenv("C360_PARTITIONS", "many")
+    with pytest.raises(ConfigError, match="C360_PARTITIONS='many' is not a whole number"):
+        Settings.from_env()
+    monkeypatch.delenv("C360_PARTITIONS")
+    monkeypatch.delenv("C360_KAFKA_BOOTSTRAP", raising=False)
+    with pytest.raises(ConfigError, match="set C360_KAFKA_BOOTSTRAP"):
+        Settings.from_env().require_bootstrap()
+
+
+def test_every_stream_has_a_topic_a_schema_and_a_key() -> None:
+    cat = Catalogue("shop.")
+    assert len(cat.streams) == 17
+    assert cat.topic("orders") == "shop.orders"
+    assert {s.key_field for s in cat.streams} == {"customer_id", "product_id"}
+    assert cat.by_name["inventory"].entity_kind == "product"
+    with pytest.raises(KeyError, match="unknown stream 'nope'"):
+        cat.topic("nope")
+
+
+def test_decode_round_trips_and_rejects_with_reasons() -> None:
+    cat = Catalogue()
+    pay = ev.Payment(event_id="e", event_time=at(0), customer_id="c", order_id="o",
+                     payment_date=at(0), method="pix", amount=12.5)
+    assert cat.decode(cat.topic("payments"), encode(pay)) == pay
+    cases = {
+        b'{"event_id":"e","event_time":"2026-01-01T00:00:00","customer_id":"c","order_id":"o",'
+        b'"payment_date":"2026-01-01T00:00:00Z","method":"pix","amount":1}':
+            "datetime` with a timezone",
+        encode(pay).replace(b'"amount":12.5', b'"amount":-3'): "Expected `float` >= 0",
+        encode(pay).replace(b'"customer_id":"c"', b'"customer_id":""'): "length >= 1",
+    }
+    for raw, reason in cases.items():
+        with pytest.raises(InvalidEvent, match=reason):
+            cat.decode(cat.topic("payments"), raw)
+    # The mixed ingest topic: records name their stream.
+    mixed = encode(pay)[:-1] + b',"stream":"payments"}'
+    assert cat.decode(cat.ingest_topic, mixed) == pay
