@@ -10,8 +10,9 @@ no stream join, each stream updates its slice of the one entity.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from c360.delta import Delta
 from c360.entity import FOLDS, EntityState
@@ -19,9 +20,8 @@ from c360.events import Event, encode
 from c360.logic import Logic
 
 
-@dataclass(frozen=True)
-class Routed:
-    """A decoded event on its way to its entity."""
+class Routed(msgspec.Struct, frozen=True, array_like=True):
+    """A decoded event on its way to its entity (a Struct: cheap to build per event)."""
 
     stream: str
     kind: str
@@ -30,8 +30,7 @@ class Routed:
     origin: tuple[str, int, int]  # topic, partition, offset: where to point at when it fails
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(msgspec.Struct, frozen=True):
     """An event that could not be applied; it goes to the dead-letter topic."""
 
     reason: str

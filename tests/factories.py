@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSink, TestingSource, cluster_main
+from confluent_kafka import Message
 
 from c360 import events as ev
 from c360.events import Catalogue, encode
@@ -22,15 +22,16 @@ def at(seconds: float) -> datetime:
 
 
 def message(cat: Catalogue, stream: str, event: ev.Event, offset: int = 0,
-            partition: int = 0) -> KafkaSourceMessage:
+            partition: int = 0) -> Message:
+    """A Kafka message as the consumer hands it to the dataflow."""
     key = ev.key_of(event).encode()
-    return KafkaSourceMessage(key=key, value=encode(event), topic=cat.topic(stream),
-                              partition=partition, offset=offset)
+    return Message(key=key, value=encode(event), topic=cat.topic(stream), partition=partition,
+                   offset=offset)
 
 
 def raw_message(topic: str, value: bytes | None, offset: int = 0,
-                key: bytes | None = b"k") -> KafkaSourceMessage:
-    return KafkaSourceMessage(key=key, value=value, topic=topic, partition=0, offset=offset)
+                key: bytes | None = b"k") -> Message:
+    return Message(key=key, value=value, topic=topic, partition=0, offset=offset)
 
 
 def mixed_events(customers: int = 30, per_customer: int = 12) -> list[tuple[str, ev.Event]]:
