@@ -62,7 +62,8 @@ class Order(CustomerEvent, kw_only=True, frozen=True):
     order_id: Id
     order_date: Time
     status: str
-    total_amount: Money
+    total_amount: Money  # what the customer pays: line prices less discounts, plus freight
+    freight: Money = 0.0
     lines: list[OrderLine] = []
 
 
