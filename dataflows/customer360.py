@@ -164,7 +164,10 @@ def _kafka_flow() -> Dataflow:
     """The flow ``python -m bytewax.run`` runs: Kafka in, the process's store and DLQ out."""
     from c360.pipeline import Pipeline
 
-    return Pipeline().build()
+    pipeline = Pipeline()
+    pipeline.recoverable = True  # bytewax.run may be given a recovery directory
+    pipeline.ensure_topics()
+    return pipeline.build()
 
 
 def __getattr__(name: str) -> Any:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timedelta, timezone
 
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 from confluent_kafka import Message
+from kafka import KafkaConsumer, TopicPartition
 
 from c360 import events as ev
+from c360.config import Settings
 from c360.events import Catalogue, encode
 from c360.pipeline import StoreSink
 from c360.store import EntityStore
@@ -87,3 +91,19 @@ def run(msgs: list, workers: int, batch: int = 7) -> tuple[EntityStore, list]:
 
 def by_id(store: EntityStore) -> list[dict]:
     return sorted(store.entities(None), key=lambda e: e["id"])
+
+
+def read_dlq(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list[dict]:
+    consumer = KafkaConsumer(**settings.kafka_python(), enable_auto_commit=False,
+                             fetch_max_bytes=64 * 1024 * 1024,
+                             max_partition_fetch_bytes=16 * 1024 * 1024)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(500).values():
+            records.extend(json.loads(r.value) for r in batch)
+    consumer.close()
+    return records

@@ -4,16 +4,14 @@ each good event is applied, and the flow never stops."""
 from __future__ import annotations
 
 import base64
-import json
 import random
-import time
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from c360.config import Settings
 from c360.events import Catalogue, encode
 from c360.pipeline import run_until_idle
-from tests.factories import CAT, by_id, message, mixed_events, run
+from tests.factories import CAT, by_id, message, mixed_events, read_dlq, run
 
 BIG = 2 * 1024 * 1024
 
@@ -39,22 +37,6 @@ def malformed(cat: Catalogue, n: int, rng: random.Random) -> list[tuple[str, byt
         out.append((topic, payload, reason))
     rng.shuffle(out)
     return out
-
-
-def read_dlq(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list[dict]:
-    consumer = KafkaConsumer(**settings.kafka_python(), enable_auto_commit=False,
-                             fetch_max_bytes=64 * 1024 * 1024,
-                             max_partition_fetch_bytes=16 * 1024 * 1024)
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    records: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while len(records) < expected and time.monotonic() < deadline:
-        for batch in consumer.poll(500).values():
-            records.extend(json.loads(r.value) for r in batch)
-    consumer.close()
-    return records
 
 
 def test_thousand_malformed_events_land_in_the_dlq_and_good_ones_apply(settings: Settings) -> None:
