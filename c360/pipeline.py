@@ -86,8 +86,10 @@ class Pipeline:
         brokers = s.require_bootstrap().split(",")
         self.source = KafkaBatchSource(s.librdkafka(), self.catalogue.input_topics,
                                        idle_timeout=self.idle_timeout, stop=self._stop)
+        # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
         dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
-                        add_config={**s.security.librdkafka(), "message.max.bytes": "20000000"})
+                        add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
+                                    "partitioner": "murmur2_random"})
         return build_flow(self.source, StoreSink(self.store), dlq, catalogue=self.catalogue,
                           logic=self.logic, max_event_bytes=s.max_event_bytes,
                           recoverable=self.recoverable)
