@@ -1,0 +1,290 @@
+"""The simulated retailer: deterministic, complete, shop-like, and end to end on Kafka."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from itertools import islice
+
+import pytest
+
+from c360 import events as ev
+from c360.config import REPO_ROOT, Settings
+from c360.events import Catalogue, encode
+from c360.logic import first_logic
+from c360.pipeline import run_until_idle
+from c360.shard import Routed, Shard
+from c360.simulator import CITIES, FLAT_OUT_TICK, Item, _km, generate, simulate
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+CAT = Catalogue()
+
+
+def take(n: int, customers: int = 50, seed: int = 1, start: datetime = START) -> list[Item]:
+    return list(islice(generate(customers, seed, start), n))
+
+
+@pytest.fixture(scope="module")
+def story() -> list[Item]:
+    """20,000 events of a 50-customer shop."""
+    return take(20_000)
+
+
+def originals(items: list[Item]) -> list[tuple[int, Item]]:
+    """(position, item) of every event but the deliberate duplicates."""
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(items):
+        if item[2].event_id not in seen:
+            seen.add(item[2].event_id)
+            out.append((i, item))
+    return out
+
+
+def of(items: list[Item], stream: str) -> list[tuple[int, ev.Event]]:
+    return [(i, e) for i, (s, _, e) in originals(items) if s == stream]
+
+
+def applied_changes(items: list[Item]) -> int:
+    """How many deltas the pipeline's own fold makes of these events."""
+    routed = [Routed(s, CAT.by_name[s].entity_kind, key, e, ("", 0, i))
+              for i, (s, key, e) in enumerate(items)]
+    deltas, failed = Shard().apply(routed, first_logic)
+    assert failed == []
+    return len(deltas)
+
+
+# -- determinism -------------------------------------------------------------------------------
+
+def test_the_same_seed_and_start_give_the_same_events_and_another_seed_does_not() -> None:
+    first = take(5_000, seed=7)
+    assert take(5_000, seed=7) == first
+    other = take(5_000, seed=8)
+    assert other != first
+    assert sum(a == b for a, b in zip(first, other, strict=True)) < 100
+    # Another start shifts the clock and changes the run's ids, so runs never pass for duplicates.
+    later = take(200, seed=7, start=START + timedelta(hours=1))
+    assert later[0][2].event_time == START + timedelta(hours=1)
+    assert {e.event_id for _, _, e in later}.isdisjoint(e.event_id for _, _, e in first)
+
+
+# -- completeness ------------------------------------------------------------------------------
+
+def test_every_stream_appears_early_and_every_event_round_trips(story: list[Item]) -> None:
+    early = take(3_000, customers=20, seed=3)
+    assert {s for s, _, _ in early} == set(CAT.by_name)
+    for stream, key, event in story:
+        topic = CAT.topic(stream)
+        assert CAT.decode(topic, encode(event)) == event
+        assert key == getattr(event, CAT.by_name[stream].key_field)
+
+
+def test_the_shop_opens_with_its_catalogue_and_stock(story: list[Item]) -> None:
+    products = [e for s, _, e in story[:50]]
+    assert all(isinstance(p, ev.Product) for p in products)
+    assert len({p.product_id for p in products}) == 50
+    assert {"raincoats", "umbrellas"} <= {p.subcategory for p in products}
+    assert all(p.price > 0 and p.discount < p.price for p in products)
+    stock = [e for s, _, e in story[50:100]]
+    assert all(isinstance(s, ev.Inventory) and 3 <= len(s.stock) <= 5 for s in stock)
+
+
+def test_customers_sign_up_with_their_details_first(story: list[Item]) -> None:
+    first_stream: dict[str, str] = {}
+    per_customer: dict[str, Counter[str]] = defaultdict(Counter)
+    for _, (stream, key, _) in originals(story):
+        if CAT.by_name[stream].entity_kind == "customer":
+            first_stream.setdefault(key, stream)
+            per_customer[key][stream] += 1
+    assert sorted(first_stream) == [f"cust-{i:05d}" for i in range(1, 51)]
+    assert set(first_stream.values()) == {"customer_details"}
+    for counts in per_customer.values():
+        assert counts["tp_demographics"] == counts["tp_psychographics"] == 1
+        assert 1 <= counts["tp_purchases"] <= 3
+    details = [e for _, e in of(story, "customer_details")]
+    signups = [d for d in details if d.name is not None]
+    assert len(signups) == 50
+    assert all("@" in d.email and d.phone.startswith("+") and d.address.city for d in signups)
+    assert len(details) > 50  # and some of them update their details later
+
+
+# -- behaviour ---------------------------------------------------------------------------------
+
+def test_orders_are_paid_in_full_earn_points_and_move_through_their_statuses(
+        story: list[Item]) -> None:
+    placed: dict[str, tuple[int, ev.Order]] = {}
+    statuses: dict[str, list[str]] = defaultdict(list)
+    for i, o in of(story, "orders"):
+        if o.order_id not in placed:
+            assert o.status == "created"
+            expected = sum(line.quantity * (line.price - line.discount) for line in o.lines)
+            assert o.total_amount == pytest.approx(expected, abs=0.005)
+            placed[o.order_id] = (i, o)
+        else:
+            first = placed[o.order_id][1]
+            assert (o.customer_id, o.total_amount, o.lines) == (
+                first.customer_id, first.total_amount, first.lines)
+        statuses[o.order_id].append(o.status)
+    assert len(placed) > 100
+    assert {tuple(s) for s in statuses.values()} <= {
+        ("created",), ("created", "shipped"), ("created", "shipped", "delivered"),
+        ("created", "canceled")}
+    assert sum(s[-1] == "delivered" for s in statuses.values()) > 50
+
+    paid: dict[str, float] = defaultdict(float)
+    for i, p in of(story, "payments"):
+        j, order = placed[p.order_id]  # a payment never comes before its order
+        assert j < i and order.customer_id == p.customer_id
+        paid[p.order_id] += p.amount
+    settled = [o for j, o in placed.values() if j < len(story) - 1_000]
+    for o in settled:
+        assert round(paid[o.order_id], 2) == o.total_amount
+
+    earned = {e.reason.removeprefix("order "): e.points_earned
+              for _, e in of(story, "loyalty") if e.reason.startswith("order ")}
+    for o in settled:
+        assert earned[o.order_id] == max(1, int(o.total_amount))
+    balance: Counter[str] = Counter()
+    for _, e in of(story, "loyalty"):
+        balance[e.customer_id] += e.points_earned - e.points_redeemed
+        assert balance[e.customer_id] >= 0
+
+
+def test_returns_and_reviews_follow_deliveries(story: list[Item]) -> None:
+    delivered: dict[str, tuple[int, ev.Order]] = {}
+    for i, o in of(story, "orders"):
+        if o.status == "delivered":
+            delivered[o.order_id] = (i, o)
+    returns, reviews = of(story, "returns"), of(story, "reviews")
+    assert returns and len(reviews) > len(returns)
+    for i, r in [*returns, *reviews]:
+        j, order = delivered[r.order_id]
+        assert j < i and order.customer_id == r.customer_id
+        assert r.product_id in {line.product_id for line in order.lines}
+    ratings = Counter(r.rating for _, r in reviews)
+    assert ratings[5] > ratings[1] > 0
+
+
+def test_carts_and_wishlists_only_change_when_something_changes(story: list[Item]) -> None:
+    wishlist: dict[str, set[str]] = defaultdict(set)
+    for _, w in of(story, "wishlist"):
+        mine = wishlist[w.customer_id]
+        if w.action == "added":
+            assert w.product_id not in mine
+            mine.add(w.product_id)
+        else:
+            assert w.product_id in mine
+            mine.remove(w.product_id)
+    kinds = Counter(e.event_type for _, e in of(story, "search"))
+    assert kinds["search"] > 0 and kinds["view"] > kinds["add_to_cart"] > kinds["remove_from_cart"]
+    assert any(e.results == 0 for _, e in of(story, "search") if e.event_type == "search")
+
+
+def test_stock_sells_out_and_comes_back(story: list[Item]) -> None:
+    totals: dict[str, list[int]] = defaultdict(list)
+    for _, inv in of(story, "inventory"):
+        assert all(s.quantity >= 0 for s in inv.stock)
+        totals[inv.product_id].append(sum(s.quantity for s in inv.stock))
+    back = [p for p, t in totals.items()
+            if any(a > 0 and b == 0 for a, b in zip(t, t[1:], strict=False))
+            and any(a == 0 and b > 0 for a, b in zip(t, t[1:], strict=False))]
+    assert len(back) >= 5
+
+
+def test_people_move_around_their_city_under_its_weather(story: list[Item]) -> None:
+    home = {d.customer_id: d.address.city for _, d in of(story, "customer_details") if d.address}
+    centre = {c.name: c for c in CITIES}
+    for _, loc in of(story, "location"):
+        assert loc.city == home[loc.customer_id]
+        city = centre[loc.city]
+        assert _km(loc.latitude, loc.longitude, city.lat, city.lon) < 25
+    weather = [w for _, w in of(story, "weather")]
+    assert {"observation", "forecast"} == {w.event_type for w in weather}
+    assert "rain" in {w.condition for w in weather if w.event_type == "forecast"}
+    for _, happening in of(story, "physical_events"):
+        assert happening.distance_km < 30 and happening.starts_at > happening.event_time
+    assert {s.event_type for _, s in of(story, "social")} == {"post", "mention", "like"}
+
+
+def test_a_few_events_are_late_or_duplicated(story: list[Item]) -> None:
+    first: dict[str, Item] = {}
+    duplicates = late = 0
+    for i, item in enumerate(story):
+        event = item[2]
+        earlier = first.get(event.event_id)
+        if earlier is not None:  # a re-send: the very same event
+            assert earlier == item
+            duplicates += 1
+            continue
+        first[event.event_id] = item
+        clock = START + FLAT_OUT_TICK * i
+        if event.event_time == clock:
+            continue
+        # late: minutes before the clock, so before the events produced just before it
+        assert clock - timedelta(minutes=16) < event.event_time < clock - timedelta(seconds=59)
+        assert event.event_time < START + FLAT_OUT_TICK * (i - 1)
+        late += 1
+    assert 0.003 < duplicates / len(story) < 0.008
+    assert 0.006 < late / len(story) < 0.015
+
+
+def test_event_times_follow_the_tick() -> None:
+    tick = timedelta(milliseconds=250)
+    items = list(islice(generate(10, 5, START, tick=tick), 400))
+    on_time = [i for i, (_, _, e) in enumerate(items) if e.event_time == START + tick * i]
+    assert len(on_time) > 380
+
+
+# -- on Kafka ----------------------------------------------------------------------------------
+
+def test_end_to_end_every_event_reaches_its_entity(settings: Settings) -> None:
+    report = simulate(settings, customers=50, rate=0, events=3_000, seed=1, progress=False,
+                      start=START)
+    assert report.events == 3_000 and report.elapsed > 0 and report.rate > 0
+    assert all(report.per_stream.values())
+    store = run_until_idle(2, settings)
+
+    customers = store.entities("customer")
+    assert len(customers) == 50
+    assert store.count("product") == 50
+    assert set(store.events_by_stream) == set(CAT.by_name)
+    for field in ("name", "email", "address", "demographics", "psychographics", "tp_spend"):
+        assert all(field in c for c in customers), field
+    for field in ("order_count", "total_spent", "loyalty_points", "location", "weather",
+                  "recent_searches", "recent_views", "social_sentiment", "wishlist"):
+        assert sum(field in c for c in customers) >= 10, field
+
+    # Every event that changes something is one version of its entity, duplicates none.
+    versions = sum(e["version"] for e in store.entities(None))
+    assert versions == applied_changes(take(3_000))
+    distinct = report.events - report.duplicates
+    assert 0.9 * distinct < versions <= distinct
+
+
+def test_it_paces_and_stops_when_told(settings: Settings) -> None:
+    paced = simulate(settings, customers=10, rate=400, duration=1.0, seed=2, progress=False)
+    assert 300 <= paced.events <= 420
+    assert 0.9 <= paced.elapsed < 2.5
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    open_ended = simulate(settings, customers=10, rate=0, seed=2, progress=False, stop=stop)
+    assert open_ended.events > 1_000
+
+
+def test_the_cli_simulates_into_the_configured_topics(settings: Settings) -> None:
+    env = {**os.environ, "C360_TOPIC_PREFIX": settings.topic_prefix}
+    env.pop("C360_KAFKA_BOOTSTRAP", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "c360", "simulate", "--customers", "20", "--events", "500",
+         "--rate", "0", "--seed", "3", "--bootstrap", settings.bootstrap, "--quiet"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # --quiet
+    store = run_until_idle(1, settings)
+    assert store.count("customer") == 20
+    assert sum(store.events_by_stream.values()) > 400
