@@ -104,13 +104,19 @@ def fold_order(s: EntityState, e: ev.Order) -> Changes | None:
         "total_amount": e.total_amount,
         "lines": [msgspec.structs.asdict(line) for line in e.lines],
     }
-    return {
+    ch = {
         "order_count": f.get("order_count", 0) + 1,
         "items_bought": f.get("items_bought", 0) + sum(line.quantity for line in e.lines),
         "orders_value": _money(f.get("orders_value", 0.0), e.total_amount),
         "last_order_at": _later(f.get("last_order_at"), e.order_date),
         "recent_orders": _push(f.get("recent_orders"), summary),
     }
+    cart = f.get("cart")
+    if cart:  # what was bought leaves the cart
+        bought = {line.product_id for line in e.lines}
+        if bought.intersection(cart):
+            ch["cart"] = [p for p in cart if p not in bought]
+    return ch
 
 
 def fold_payment(s: EntityState, e: ev.Payment) -> Changes:
@@ -146,12 +152,18 @@ def fold_review(s: EntityState, e: ev.Review) -> Changes:
     }
 
 
-def fold_return(s: EntityState, e: ev.Return) -> Changes:
+def fold_return(s: EntityState, e: ev.Return) -> Changes | None:
     f = s.fields
+    recent = f.get("recent_returns") or []
+    for r in recent:
+        if r["return_id"] == e.return_id:  # a status update of a known return
+            if r["status"] == e.status:
+                return None
+            return {"recent_returns": [{**x, "status": e.status}
+                                       if x["return_id"] == e.return_id else x for x in recent]}
     item = {"return_id": e.return_id, "order_id": e.order_id, "product_id": e.product_id,
             "reason": e.reason, "status": e.status, "at": e.event_time}
-    return {"return_count": f.get("return_count", 0) + 1,
-            "recent_returns": _push(f.get("recent_returns"), item)}
+    return {"return_count": f.get("return_count", 0) + 1, "recent_returns": _push(recent, item)}
 
 
 def fold_loyalty(s: EntityState, e: ev.Loyalty) -> Changes | None:
@@ -176,7 +188,7 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
                                       {"product_id": e.product_id, "at": e.event_time})}
     cart = f.get("cart", [])
     if e.event_type == "add_to_cart":
-        if e.product_id in cart:
+        if e.product_id in cart or _bought_since(f, e.product_id, e.event_time):
             return None
         return {"cart": [*cart, e.product_id][-CART_MAX:], "cart_updated_at": e.event_time}
     if e.product_id not in cart:
@@ -184,7 +196,24 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
     return {"cart": [p for p in cart if p != e.product_id], "cart_updated_at": e.event_time}
 
 
-def fold_location(s: EntityState, e: ev.Location) -> Changes:
+def _older(current: dict | None, e: ev.Event) -> bool:
+    """A late event must not replace a newer reading."""
+    return current is not None and current["at"] > e.event_time
+
+
+def _bought_since(f: dict[str, Any], product_id: str, t: datetime) -> bool:
+    """Whether a recent order at or after ``t`` holds the product.
+
+    Streams are separate topics, so an add-to-cart can be read after the order
+    that emptied the cart; event time tells which came first.
+    """
+    return any(o["order_date"] >= t and any(li["product_id"] == product_id for li in o["lines"])
+               for o in f.get("recent_orders", ()))
+
+
+def fold_location(s: EntityState, e: ev.Location) -> Changes | None:
+    if _older(s.fields.get("location"), e):
+        return None
     return {"location": {"latitude": e.latitude, "longitude": e.longitude, "city": e.city,
                          "at": e.event_time}}
 
@@ -200,7 +229,9 @@ def fold_social(s: EntityState, e: ev.Social) -> Changes:
                             "sentiment": e.sentiment, "at": e.event_time}}
 
 
-def fold_weather(s: EntityState, e: ev.Weather) -> Changes:
+def fold_weather(s: EntityState, e: ev.Weather) -> Changes | None:
+    if _older(s.fields.get("weather"), e):
+        return None
     return {"weather": {"event_type": e.event_type, "temperature": e.temperature,
                         "condition": e.condition, "at": e.event_time}}
 

@@ -117,3 +117,33 @@ def test_a_failing_rule_sends_the_event_to_dead_letters_and_the_flow_goes_on() -
     assert len(dlq) == len(loyalty)
     assert all("ValueError: boom" in r for r in reasons)
     assert store["cust-001"]["order_count"] >= 1
+
+
+def test_late_readings_do_not_replace_newer_ones_and_returns_update_in_place() -> None:
+    from c360 import events as ev
+    from tests.factories import at
+
+    cid = "cust-late"
+    seq = [
+        ("location", ev.Location(event_id="l2", event_time=at(200), customer_id=cid,
+                                 latitude=2, longitude=2, city="new")),
+        ("location", ev.Location(event_id="l1", event_time=at(100), customer_id=cid,
+                                 latitude=1, longitude=1, city="old")),
+        ("returns", ev.Return(event_id="r1", event_time=at(300), customer_id=cid, return_id="R",
+                              order_id="o", product_id="p", status="requested")),
+        ("returns", ev.Return(event_id="r2", event_time=at(400), customer_id=cid, return_id="R",
+                              order_id="o", product_id="p", status="approved")),
+        ("search", ev.Search(event_id="s1", event_time=at(500), customer_id=cid,
+                             event_type="add_to_cart", product_id="p1")),
+        ("orders", ev.Order(event_id="o1", event_time=at(600), customer_id=cid, order_id="o1",
+                            order_date=at(600), status="created", total_amount=5,
+                            lines=[ev.OrderLine("p1")])),
+        # Read after the order from its own topic, but added before it: stays out of the cart.
+        ("search", ev.Search(event_id="s0", event_time=at(550), customer_id=cid,
+                             event_type="add_to_cart", product_id="p1")),
+    ]
+    store, _ = run([message(CAT, s, e, i) for i, (s, e) in enumerate(seq)], workers=1)
+    c = store[cid]
+    assert c["location"]["city"] == "new"
+    assert c["return_count"] == 1 and c["recent_returns"][0]["status"] == "approved"
+    assert c["cart"] == []
