@@ -11,9 +11,10 @@ import msgspec
 class Delta(msgspec.Struct, frozen=True, array_like=True):
     """One applied change to one entity.
 
-    ``version`` grows by one per applied change of that entity, so a consumer
-    can tell a missed or repeated delta. ``changes`` holds the new values of the
-    top-level fields that changed.
+    ``version`` grows by one per event applied to that entity (duplicates are
+    not applied), so a consumer can tell a missed or repeated delta. ``changes``
+    holds the new values of the top-level fields that changed; it is empty when
+    the event changed nothing.
     """
 
     entity_id: str
