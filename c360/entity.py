@@ -28,7 +28,7 @@ KNOWN_ORDERS = 256  # order ids remembered per customer to count distinct orders
 class EntityState:
     """The dataflow's private state of one entity: public fields plus bookkeeping."""
 
-    __slots__ = ("fields", "version", "seen", "orders", "review_sum")
+    __slots__ = ("fields", "version", "seen", "orders", "review_sum", "cart_marks")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
@@ -36,12 +36,16 @@ class EntityState:
         self.seen: dict[str, None] = {}  # insertion-ordered set of recent event ids
         self.orders: dict[str, str] = {}  # order id -> status
         self.review_sum = 0
+        # product id -> (time, ADDED or LEFT) of its latest cart action (add, remove, bought)
+        self.cart_marks: dict[str, tuple[datetime, int]] = {}
 
     def __getstate__(self) -> tuple:
-        return (self.fields, self.version, self.seen, self.orders, self.review_sum)
+        return (self.fields, self.version, self.seen, self.orders, self.review_sum,
+                self.cart_marks)
 
     def __setstate__(self, state: tuple) -> None:
-        self.fields, self.version, self.seen, self.orders, self.review_sum = state
+        (self.fields, self.version, self.seen, self.orders, self.review_sum,
+         self.cart_marks) = state
 
     def is_duplicate(self, event_id: str) -> bool:
         """Remember ``event_id``; True when it was already seen recently."""
@@ -111,11 +115,9 @@ def fold_order(s: EntityState, e: ev.Order) -> Changes | None:
         "last_order_at": _later(f.get("last_order_at"), e.order_date),
         "recent_orders": _push(f.get("recent_orders"), summary),
     }
-    cart = f.get("cart")
-    if cart:  # what was bought leaves the cart
-        bought = {line.product_id for line in e.lines}
-        if bought.intersection(cart):
-            ch["cart"] = [p for p in cart if p not in bought]
+    cart = _mark_cart(s, [line.product_id for line in e.lines], e.order_date, LEFT)
+    if cart is not None:
+        ch["cart"] = cart
     return ch
 
 
@@ -186,14 +188,38 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
     if e.event_type == "view":
         return {"recent_views": _push(f.get("recent_views"),
                                       {"product_id": e.product_id, "at": e.event_time})}
-    cart = f.get("cart", [])
-    if e.event_type == "add_to_cart":
-        if e.product_id in cart or _bought_since(f, e.product_id, e.event_time):
-            return None
-        return {"cart": [*cart, e.product_id][-CART_MAX:], "cart_updated_at": e.event_time}
-    if e.product_id not in cart:
-        return None
-    return {"cart": [p for p in cart if p != e.product_id], "cart_updated_at": e.event_time}
+    action = ADDED if e.event_type == "add_to_cart" else LEFT
+    cart = _mark_cart(s, [e.product_id], e.event_time, action)
+    return None if cart is None else {"cart": cart}
+
+
+def _older(current: dict | None, e: ev.Event) -> bool:
+    """A late event must not replace a newer reading."""
+    return current is not None and current["at"] > e.event_time
+
+
+LEFT, ADDED = 0, 1  # at equal times, leaving the cart wins
+
+
+def _mark_cart(s: EntityState, products: list[str], t: datetime, action: int) -> list | None:
+    """Record cart actions; the new cart, or None when it did not change.
+
+    Adds and removes come from the search stream, purchases from the orders
+    stream, and the two are read independently. Each product's latest action by
+    event time decides whether it is in the cart, so the cart comes out the same
+    in whichever order the streams were read.
+    """
+    marks = s.cart_marks
+    for product in products:
+        mark = (t, action)
+        if product not in marks or marks[product] < mark:
+            marks[product] = mark
+    if len(marks) > CART_MAX * 3:  # forget the oldest actions
+        for product, _ in sorted(marks.items(), key=lambda kv: kv[1])[: len(marks) - CART_MAX * 3]:
+            del marks[product]
+    cart = sorted(({"product_id": p, "added_at": m[0]} for p, m in marks.items() if m[1] == ADDED),
+                  key=lambda c: (c["added_at"], c["product_id"]))[-CART_MAX:]
+    return None if cart == s.fields.get("cart") else cart
 
 
 def _older(current: dict | None, e: ev.Event) -> bool:
@@ -205,7 +231,8 @@ def _bought_since(f: dict[str, Any], product_id: str, t: datetime) -> bool:
     """Whether a recent order at or after ``t`` holds the product.
 
     Streams are separate topics, so an add-to-cart can be read after the order
-    that emptied the cart; event time tells which came first.
+    that emptied the cart; event time tells which came first. Folds touching a
+    field from two streams must give the same result in either reading order.
     """
     return any(o["order_date"] >= t and any(li["product_id"] == product_id for li in o["lines"])
                for o in f.get("recent_orders", ()))
