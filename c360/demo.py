@@ -1,0 +1,209 @@
+"""``c360 demo``: broker, simulator, dataflow and the live page in one process, until Ctrl-C.
+
+    embedded Kafka (child process) <- simulator thread (every stream)
+                                   -> dataflow thread -> entity store -> Panel server thread
+
+The main thread only waits: for Ctrl-C / SIGTERM, or for a part to fail. Then it
+stops everything in dependency order (producer, dataflow, web server, broker),
+so that the process exits 0 and leaves no broker process behind.
+
+Stdout carries two lines that scripts and tests rely on::
+
+    c360 demo: broker pid 1234 at 127.0.0.1:40123
+    c360 demo: live page at http://127.0.0.1:5006/live
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from c360 import live
+from c360.broker import EmbeddedBroker, free_port, wait_for_port
+from c360.config import Settings
+from c360.errors import C360Error
+from c360.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+PAGE = "live"
+STOP_TIMEOUT = 20.0  # seconds each part gets to stop before we give up on it
+
+
+def say(message: str) -> None:
+    # Flushed at once: a parent process reads these lines through a pipe.
+    print(f"c360 demo: {message}", flush=True)
+
+
+class _SimulatorThread(threading.Thread):
+    """Runs the simulator until ``stop`` is set; keeps its exception for the main thread."""
+
+    def __init__(self, settings: Settings, customers: int, rate: float,
+                 stop: threading.Event) -> None:
+        super().__init__(name="c360-simulator", daemon=True)
+        self._args = (settings, customers, rate, stop)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        settings, customers, rate, stop = self._args
+        try:
+            from c360.simulator import simulate
+
+            simulate(settings, customers=customers, rate=rate, progress=False, stop=stop)
+        except BaseException as exc:  # reported by the main thread, which then shuts down
+            self.error = exc
+            log.exception("the simulator failed")
+
+
+def _on_signals(handler: Callable[[int, FrameType | None], Any]) -> dict[int, Any]:
+    """Install ``handler`` for SIGINT and SIGTERM; returns the previous handlers."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # only the main thread may set handlers; the caller stops us then
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _check_port_free(port: int) -> None:
+    # Otherwise we would wait for "our" server on a port another program answers on.
+    with socket.socket() as s:
+        # As the web server does: a port whose old connections linger in TIME_WAIT
+        # (a demo stopped a moment ago) is free; one that something listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise C360Error(f"port {port} is in use: pass --port 0 (any free port) "
+                            "or another port") from None
+
+
+def _open_browser(url: str) -> None:
+    # Without a display, webbrowser would start a console or headless browser that
+    # only prints errors; say what to do instead.
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless or not webbrowser.open(url):
+        say("open the page in your browser (no browser could be started here)")
+
+
+def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: bool = True,
+             settings: Settings | None = None) -> int:
+    """Run the whole demo until interrupted; returns the exit code (0 on Ctrl-C / SIGTERM)."""
+    started = time.monotonic()
+    # Panel and HoloViews take seconds to import: do it before anything is running.
+    import panel as pn
+
+    from dashboards.live import app
+
+    settings = settings or Settings.from_env()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        # A second Ctrl-C interrupts a shutdown that hangs; the finally blocks still run.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = _on_signals(on_signal)
+    broker: EmbeddedBroker | None = None
+    pipeline: Pipeline | None = None
+    simulator: _SimulatorThread | None = None
+    server: Any = None
+    code = 0
+    try:
+        port = port or free_port()
+        _check_port_free(port)  # before anything starts: fail fast, leave nothing behind
+        if settings.bootstrap:
+            say(f"using the Kafka cluster at {settings.bootstrap}")
+        else:
+            broker = EmbeddedBroker(settings.broker_port).start()
+            settings = settings.with_bootstrap(broker.bootstrap)
+            say(f"broker pid {broker.pid} at {broker.bootstrap}")
+        pipeline = Pipeline(settings)
+        pipeline.start()  # creates the topics first, so the simulator never auto-creates them
+        live.set_shared(pipeline)
+        simulator = _SimulatorThread(settings, customers, rate, stop)
+        simulator.start()
+
+        origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
+        server = pn.serve({PAGE: app}, port=port, address="127.0.0.1", websocket_origin=origins,
+                          show=False, threaded=True, title="c360 live", verbose=False)
+        wait_for_port("127.0.0.1", port)  # the URL is printed only once it answers
+        url = f"http://127.0.0.1:{port}/{PAGE}"
+        say(f"live page at {url}")
+        say(f"{customers} customers at {rate:g} events/s; ready in "
+            f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.")
+        if show:
+            _open_browser(url)
+
+        while not stop.wait(0.25):
+            if simulator.error is not None:
+                say(f"error: the simulator stopped: {simulator.error}")
+                code = 1
+                break
+            if not pipeline.alive():
+                say(f"error: {live.problem() or 'the dataflow stopped'}")
+                code = 1
+                break
+            if broker is not None and not broker.alive():
+                say("error: the embedded broker exited")
+                code = 1
+                break
+    except KeyboardInterrupt:  # a second Ctrl-C during start-up
+        pass
+    except C360Error as exc:
+        say(f"error: {exc}")
+        code = 2
+    finally:
+        stop.set()
+        say("stopping...")
+        code = _shutdown(simulator, pipeline, server, broker) or code
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    say("stopped")
+    return code
+
+
+def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, server: Any,
+              broker: EmbeddedBroker | None) -> int:
+    """Stop what runs, producers first and the broker last; 1 if a part would not stop.
+
+    The broker is stopped even when stopping another part fails or a second Ctrl-C
+    interrupts: it is a separate process and would otherwise outlive us.
+    """
+    code = 0
+    try:
+        if simulator is not None:
+            simulator.join(STOP_TIMEOUT)
+            if simulator.is_alive():
+                say("warning: the simulator did not stop in time")
+                code = 1
+        if pipeline is not None:
+            try:
+                pipeline.stop(STOP_TIMEOUT)
+            except C360Error as exc:
+                say(f"warning: {exc}")
+                code = 1
+            finally:
+                live.reset()
+        if server is not None:
+            with contextlib.suppress(RuntimeError):  # "already stopping"
+                server.stop()
+            server.join(STOP_TIMEOUT)
+    finally:
+        if broker is not None:
+            broker.stop()
+            if broker.alive():
+                say(f"warning: the broker (pid {broker.pid}) did not stop")
+                code = 1
+    return code

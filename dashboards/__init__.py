@@ -1,0 +1,1 @@
+"""Panel dashboards over the live entity store (``panel serve dashboards/<name>.py``)."""

@@ -1,0 +1,254 @@
+"""The live page and ``c360 demo``, up to a real browser watching an entity change.
+
+The acceptance test runs the demo exactly as ``make demo`` does (a subprocess of
+the installed command), drives Debian's headless Chromium to the page, waits for
+a customer's version to move, takes a screenshot, then interrupts the demo and
+checks that it exits 0 and takes its broker with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO
+
+import panel as pn
+import pytest
+
+from c360 import live
+from c360.config import Settings
+from c360.delta import Delta
+from c360.store import EntityStore
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+URL_LINE = re.compile(r"^c360 demo: live page at (http://\S+)$")
+BROKER_LINE = re.compile(r"^c360 demo: broker pid (\d+) at (\S+)$")
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _delta(entity_id: str, version: int, stream: str, **changes: object) -> Delta:
+    t = T0 + timedelta(seconds=version)
+    return Delta(entity_id, "customer", version, t, stream, f"{entity_id}-{version}",
+                 {"last_seen": t, **changes})
+
+
+def _filled_store() -> EntityStore:
+    store = EntityStore()
+    store.apply([
+        _delta("c1", 1, "customer_details", name="Ana Lima", email="ana@example.com"),
+        _delta("c2", 1, "orders", order_count=1, recent_orders=[{"order_id": "o1"}]),
+        _delta("c2", 2, "payments", total_spent=120.5, lifetime_value=120.5),
+    ])
+    return store
+
+
+def test_live_page_renders_from_a_store_without_a_server() -> None:
+    import dashboards.live as page_module  # importing must not start anything
+
+    assert live.shared_pipeline() is None
+    store = _filled_store()
+    page = page_module.LivePage(store)
+    root = pn.panel(page).get_root()  # builds the Bokeh models, as a session would
+    assert root is not None
+    assert page.selected == "c2", "the most active customer is shown by default"
+    fields = page._fields.value.set_index("field")["value"]
+    assert fields["version"] == "2" and fields["total_spent"] == "120.50"
+    assert 'class="c360-version" id="c360-version">2<' in page._card.object
+
+    # A newer version patches changed cells and appends new fields; nothing is rebuilt.
+    table_before = page._fields.value
+    store.apply([_delta("c2", 3, "location", location={"city": "Recife"}, total_spent=130.0)])
+    page.refresh()
+    fields = page._fields.value.set_index("field")["value"]
+    assert fields["version"] == "3" and fields["total_spent"] == "130.00"
+    assert fields["location"] == '{"city":"Recife"}'
+    assert page._fields.value.index.tolist() == list(range(len(fields)))
+    assert len(page._fields.value) == len(table_before) + 1
+
+    rates = page._rates.value.set_index("stream")
+    assert rates.loc["location", "events"] == 1 and rates.loc["payments", "events"] == 1
+    assert page._customers.value == 2
+
+    page.select("c1")
+    assert page.selected == "c1" and "Ana Lima" in page._card.object
+
+
+def test_rate_meter_averages_over_its_window() -> None:
+    from dashboards.live import RateMeter
+
+    meter = RateMeter(window=2.0)
+    assert meter.sample({"orders": 0}, 0.0) == {"orders": 0.0}
+    assert meter.sample({"orders": 10}, 1.0) == {"orders": 10.0}
+    assert meter.sample({"orders": 30}, 2.0) == {"orders": 15.0}
+    assert meter.sample({"orders": 30, "search": 4}, 3.0) == {"orders": 10.0, "search": 2.0}
+
+
+def test_page_without_kafka_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboards.live import app
+
+    live.reset()
+    monkeypatch.delenv("C360_KAFKA_BOOTSTRAP", raising=False)
+    view = app()
+    text = " ".join(str(getattr(o, "object", "")) for o in view.select(pn.pane.Alert))
+    assert "C360_KAFKA_BOOTSTRAP" in text
+    assert live.shared_pipeline() is None
+
+
+def test_one_pipeline_per_server_process(settings: Settings) -> None:
+    live.reset()
+    stores: list[EntityStore] = []
+    sessions = [threading.Thread(target=lambda: stores.append(live.shared_store(settings)))
+                for _ in range(4)]
+    try:
+        for s in sessions:
+            s.start()
+        for s in sessions:
+            s.join(30)
+        assert len(stores) == 4 and all(s is stores[0] for s in stores)
+        pipeline = live.shared_pipeline()
+        assert pipeline is not None and pipeline.alive() and pipeline.store is stores[0]
+        assert live.problem() is None
+    finally:
+        live.reset()
+    assert not pipeline.alive()
+
+
+# -- the acceptance test ------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+class _Lines:
+    """The demo's output, read by a thread so that a full pipe never blocks the demo."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if m := pattern.match(line):
+                return m
+        raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout:.0f}s; "
+                             "the demo said:\n" + "\n".join(self.seen))
+
+    def rest(self, timeout: float = 2.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+        return "\n".join(self.seen)
+
+
+@pytest.mark.browser
+def test_demo_serves_a_live_page_and_stops_cleanly(artifacts: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    command = REPO / ".venv" / "bin" / "c360"
+    argv = [str(command)] if command.exists() else [sys.executable, "-m", "c360"]
+    argv += ["demo", "--port", "0", "--no-browser", "--customers", "50", "--rate", "100"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("C360_KAFKA")}
+    env["PYTHONUNBUFFERED"] = "1"
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    out = _Lines(proc.stdout)
+    broker_pid: int | None = None
+    try:
+        broker_pid = int(out.wait_for(BROKER_LINE, 60).group(1))
+        url = out.wait_for(URL_LINE, 60).group(1)
+        ready = time.monotonic() - started
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(url, wait_until="domcontentloaded", timeout=30_000)
+                version = page.locator(".c360-version")
+                expect(version).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
+                first = version.text_content()
+                last_seen = page.locator(".c360-last-seen").text_content()
+                assert last_seen, "the entity's last_seen is shown"
+                # The same customer stays selected; its version moves as events arrive.
+                customer = page.locator(".c360-entity-id").text_content()
+                expect(version).not_to_have_text(first or "", timeout=20_000)
+                assert page.locator(".c360-entity-id").text_content() == customer
+                expect(page.locator(".c360-entity-fields")).to_contain_text("last_seen")
+                # A second session shares the process's one store (no second pipeline).
+                other = browser.new_page(viewport={"width": 1000, "height": 700})
+                other.goto(url, wait_until="domcontentloaded", timeout=30_000)
+                expect(other.locator(".c360-version")).to_have_text(re.compile(r"^\d+$"),
+                                                                   timeout=30_000)
+                other.close()
+                page.wait_for_timeout(1500)  # let the rate chart draw a few points
+                page.screenshot(path=str(artifacts / "demo_live.png"), full_page=True)
+            finally:
+                browser.close()
+        browser_done = time.monotonic() - started
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the demo did not stop within 30s of SIGINT:\n" + out.rest())
+        stopped = time.monotonic() - started
+        assert code == 0, f"the demo exited with {code}:\n{out.rest()}"
+        deadline = time.monotonic() + 5
+        while _pid_alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _pid_alive(broker_pid), f"the broker (pid {broker_pid}) outlived the demo"
+        print(f"\ndemo: URL after {ready:.1f}s, page live after {browser_done:.1f}s, "
+              f"stopped after {stopped:.1f}s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if broker_pid is not None and _pid_alive(broker_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker_pid, signal.SIGKILL)
