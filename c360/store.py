@@ -155,6 +155,11 @@ class EntityStore:
     def __len__(self) -> int:
         return len(self._entities)
 
+    def stream_counts(self) -> dict[str, int]:
+        """Events applied so far, per stream (a copy)."""
+        with self._lock:
+            return dict(self.events_by_stream)
+
     def ids(self, kind: str | None = "customer") -> list[str]:
         with self._lock:
             return [k for k, e in self._entities.items() if kind is None or e["kind"] == kind]

@@ -133,20 +133,6 @@ def most_active(store: EntityStore) -> str | None:
     return best[1] if best else None
 
 
-def stream_counts(store: EntityStore) -> dict[str, int]:
-    """A copy of the store's per-stream event counters.
-
-    The dataflow thread may add a stream to the counter while we copy it, which
-    makes the copy fail; trying again is cheap and soon succeeds.
-    """
-    for _ in range(10):
-        try:
-            return dict(store.events_by_stream)
-        except RuntimeError:
-            continue
-    return {}
-
-
 class RateMeter:
     """Events per second per stream, from cumulative counters sampled over time."""
 
@@ -308,7 +294,7 @@ class LivePage(pn.viewable.Viewer):
         )
 
     def _refresh_stats(self) -> None:
-        counts = stream_counts(self.store)
+        counts = self.store.stream_counts()
         rates = self._meter.sample(counts, time.monotonic())
         table = self._rates.value
         patch: dict[str, list[tuple[int, float]]] = {"events": [], "per_s": []}
