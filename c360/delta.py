@@ -31,3 +31,24 @@ class Delta(msgspec.Struct, frozen=True, array_like=True):
         if not picked:
             return None
         return msgspec.structs.replace(self, changes=picked)
+
+
+class Lifecycle(msgspec.Struct, frozen=True):
+    """Something that happened to an entity as a whole, not to one field.
+
+    ``type`` is one of LIFECYCLE_TYPES; ``version`` is the entity's version when
+    it happened (the lifecycle event follows that version's delta, if any).
+    """
+
+    entity_id: str
+    kind: str
+    version: int
+    event_time: datetime
+    type: str
+    detail: dict[str, Any] = {}
+
+
+LIFECYCLE_TYPES = frozenset({
+    "created", "rule_fired", "decision", "decayed", "rolled_up", "forgotten", "evicted",
+    "segment_entered", "segment_left",
+})

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from c360.delta import Delta
+from c360.delta import Delta, Lifecycle
 from c360.entity import FOLDS, EntityState
 from c360.events import Event, encode
 from c360.logic import Logic
@@ -60,8 +60,10 @@ class Shard:
     def __setstate__(self, state: dict[str, EntityState]) -> None:
         self.entities = state
 
-    def apply(self, batch: list[Routed], logic: Logic | None) -> tuple[list[Delta], list[Failed]]:
-        deltas: list[Delta] = []
+    def apply(self, batch: list[Routed],
+              logic: Logic | None) -> tuple[list[Delta | Lifecycle], list[Failed]]:
+        """Fold a batch; the deltas and lifecycle events in order, and the failures."""
+        deltas: list[Delta | Lifecycle] = []
         failed: list[Failed] = []
         entities = self.entities
         for r in batch:
@@ -92,6 +94,9 @@ class Shard:
             state.version += 1
             deltas.append(Delta(r.entity_id, r.kind, state.version, event.event_time, r.stream,
                                 event.event_id, changes))
+            if state.version == 1:
+                deltas.append(Lifecycle(r.entity_id, r.kind, 1, event.event_time, "created",
+                                        {"stream": r.stream}))
         return deltas, failed
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:

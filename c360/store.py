@@ -21,21 +21,24 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from c360.delta import Delta
+from c360.delta import LIFECYCLE_TYPES, Delta, Lifecycle
 from c360.errors import C360Error
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Delta], None]
+LifecycleCallback = Callable[[Lifecycle], None]
 
 
 class Subscription:
     """Deltas for some entities (or all) and some fields (or all), delivered in order."""
 
     def __init__(self, store: EntityStore, ids: frozenset[str] | None,
-                 fields: frozenset[str] | None, callback: Callback, max_pending: int) -> None:
+                 fields: frozenset[str] | None, callback: Callback, max_pending: int,
+                 lifecycle: frozenset[str] | None = None) -> None:
         self.ids = ids
         self.fields = fields
+        self.lifecycle = lifecycle  # lifecycle types wanted; None: deltas, not lifecycle
         self._callback = callback
         self._store = store
         self._max_pending = max_pending
@@ -48,8 +51,16 @@ class Subscription:
         self._thread = threading.Thread(target=self._run, name="c360-subscription", daemon=True)
         self._thread.start()
 
-    def _offer(self, deltas: list[Delta]) -> None:
-        ids, fields = self.ids, self.fields
+    def _offer(self, deltas: list[Delta], events: list[Lifecycle]) -> None:
+        ids, fields, wanted = self.ids, self.fields, self.lifecycle
+        if wanted is not None:
+            picked_events = [e for e in events
+                             if e.type in wanted and (ids is None or e.entity_id in ids)]
+            if picked_events:
+                with self._cond:
+                    self._pending.extend(picked_events)  # never merged: each one matters
+                    self._cond.notify()
+            return
         picked = []
         for d in deltas:
             if ids is not None and d.entity_id not in ids:
@@ -111,16 +122,22 @@ class EntityStore:
         self._subs: list[Subscription] = []
         self._max_pending = max_pending
         self.events_by_stream: Counter[str] = Counter()
+        self.lifecycle_counts: Counter[str] = Counter()
         self.stale_deltas = 0  # deltas at or below the version held (replays); dropped
         self.updated_at = 0.0
 
     # -- writing (the dataflow's sink) ------------------------------------------------------
-    def apply(self, deltas: Iterable[Delta]) -> None:
+    def apply(self, deltas: Iterable[Delta | Lifecycle]) -> None:
         applied: list[Delta] = []
+        events: list[Lifecycle] = []
         with self._lock:
             entities = self._entities
             counts = self.events_by_stream
             for d in deltas:
+                if type(d) is Lifecycle:
+                    events.append(d)
+                    self.lifecycle_counts[d.type] += 1
+                    continue
                 e = entities.get(d.entity_id)
                 if e is None:
                     e = entities[d.entity_id] = {"id": d.entity_id, "kind": d.kind, "version": 0}
@@ -134,7 +151,7 @@ class EntityStore:
             subs = list(self._subs)
             self.updated_at = time.time()
         for sub in subs:
-            sub._offer(applied)
+            sub._offer(applied, events)
 
     # -- reading -------------------------------------------------------------------------
     def get(self, entity_id: str) -> dict[str, Any] | None:
@@ -190,6 +207,23 @@ class EntityStore:
         idset = frozenset([ids] if isinstance(ids, str) else ids) if ids is not None else None
         fieldset = frozenset(fields) if fields is not None else None
         sub = Subscription(self, idset, fieldset, callback, self._max_pending)
+        with self._lock:
+            self._subs.append(sub)
+        return sub
+
+    def subscribe_lifecycle(self, callback: LifecycleCallback,
+                            ids: str | Iterable[str] | None = None,
+                            types: Iterable[str] | None = None) -> Subscription:
+        """Call ``callback(event)`` for lifecycle events (entity created, rule fired, ...)
+        of ``ids`` (None: all) and of ``types`` (None: all of LIFECYCLE_TYPES)."""
+        wanted = frozenset(types) if types is not None else LIFECYCLE_TYPES
+        unknown = wanted - LIFECYCLE_TYPES
+        if unknown:
+            raise C360Error(f"unknown lifecycle types {sorted(unknown)}; "
+                            f"known: {sorted(LIFECYCLE_TYPES)}")
+        idset = frozenset([ids] if isinstance(ids, str) else ids) if ids is not None else None
+        sub = Subscription(self, idset, None, callback, self._max_pending,  # type: ignore[arg-type]
+                           lifecycle=wanted)
         with self._lock:
             self._subs.append(sub)
         return sub

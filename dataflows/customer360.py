@@ -149,7 +149,7 @@ def build_flow(
                                lambda resume: ShardLogic(resume, logic, recoverable))
     # folded: (shard key, (list[Delta], list[Failed]))
     deltas = op.filter_map("deltas", folded, lambda kv: kv[1][0] or None)
-    # deltas: list[Delta], one batch per shard per poll
+    # deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
     op.output("store_out", deltas, store_sink)
 
     rejected = op.flat_map("decode_failures", decoded, lambda d: d.failed)

@@ -128,3 +128,18 @@ def test_export_writes_one_row_per_customer(tmp_path, suffix: str) -> None:
 def test_export_refuses_unknown_formats(tmp_path) -> None:
     with pytest.raises(C360Error, match="use .parquet, .csv or .jsonl"):
         EntityStore().export(tmp_path / "out.xlsx")
+
+
+def test_lifecycle_subscribers_get_entity_events_and_delta_subscribers_do_not() -> None:
+    from c360.delta import Lifecycle
+
+    store = EntityStore()
+    born: list[Lifecycle] = []
+    changed: list[Delta] = []
+    store.subscribe_lifecycle(born.append, types=["created"])
+    store.subscribe(changed.append)
+    store.apply([d("a", 1, n=1), Lifecycle("a", "customer", 1, at(1), "created"), d("a", 2, n=2)])
+    wait_for(lambda: len(born) == 1 and len(changed) == 2)
+    assert born[0].entity_id == "a" and store.lifecycle_counts["created"] == 1
+    with pytest.raises(C360Error, match="unknown lifecycle types"):
+        store.subscribe_lifecycle(born.append, types=["exploded"])
