@@ -25,7 +25,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check c360 dataflows dashboards tests
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 --nbval-lax tests notebooks
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
