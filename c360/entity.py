@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from c360 import commands
 from c360 import events as ev
 
 Changes = dict[str, Any]
@@ -28,7 +29,8 @@ KNOWN_ORDERS = 256  # order ids remembered per customer to count distinct orders
 class EntityState:
     """The dataflow's private state of one entity: public fields plus bookkeeping."""
 
-    __slots__ = ("fields", "version", "seen", "orders", "review_sum", "cart_marks")
+    __slots__ = ("fields", "version", "seen", "orders", "review_sum", "cart_marks", "windows",
+                 "fired")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
@@ -38,14 +40,16 @@ class EntityState:
         self.review_sum = 0
         # product id -> (time, ADDED or LEFT) of its latest cart action (add, remove, bought)
         self.cart_marks: dict[str, tuple[datetime, int]] = {}
+        self.windows: Any = None  # c360.windows.Windows, when windows of relevance are on
+        self.fired: dict[str, float] | None = None  # decision key -> event time (cool-downs)
 
     def __getstate__(self) -> tuple:
         return (self.fields, self.version, self.seen, self.orders, self.review_sum,
-                self.cart_marks)
+                self.cart_marks, self.windows, self.fired)
 
     def __setstate__(self, state: tuple) -> None:
         (self.fields, self.version, self.seen, self.orders, self.review_sum,
-         self.cart_marks) = state
+         self.cart_marks, self.windows, self.fired) = state
 
     def is_duplicate(self, event_id: str) -> bool:
         """Remember ``event_id``; True when it was already seen recently."""
@@ -303,6 +307,12 @@ def fold_inventory(s: EntityState, e: ev.Inventory) -> Changes | None:
     return {"stock": stock, "total_stock": sum(stock.values())}
 
 
+def fold_command(s: EntityState, e: ev.Command) -> Changes:
+    # Bad names or args raise: the command then goes to the dead-letter topic with the reason.
+    args = commands.parse_args(e.name, e.args)
+    return commands.changes_of(s.fields, e.name, args, e.event_time, e.issued_by)
+
+
 Fold = Callable[[EntityState, Any], "Changes | None"]
 
 FOLDS: dict[str, Fold] = {
@@ -323,4 +333,5 @@ FOLDS: dict[str, Fold] = {
     "tp_purchases": fold_tp_purchase,
     "tp_demographics": fold_demographics,
     "tp_psychographics": fold_psychographics,
+    "commands": fold_command,
 }

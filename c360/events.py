@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -180,6 +180,19 @@ class Psychographics(CustomerEvent, kw_only=True, frozen=True):
     personality_traits: list[str] = []
 
 
+class Command(CustomerEvent, kw_only=True, frozen=True):
+    """An instruction sent to a customer entity (by a sync client), applied by the dataflow.
+
+    ``name`` is one of ``c360.commands.COMMANDS``; ``args`` are checked against that
+    command's argument schema when it is applied. ``event_id`` makes it exactly-once:
+    the dataflow drops duplicates, and the sender is acknowledged by that id.
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    args: dict[str, Any] = {}
+    issued_by: str = ""
+
+
 @dataclass(frozen=True)
 class Stream:
     """One stream: its name, its topic, its schema and the field that keys it."""
@@ -214,6 +227,10 @@ _STREAMS: tuple[Stream, ...] = (
     Stream("tp_psychographics", Psychographics, "customer_id"),
 )
 
+# Commands flow back to the entities on a topic of their own. They are not one of the
+# brief's data streams (the simulator does not produce them), hence not in _STREAMS.
+COMMANDS = Stream("commands", Command, "customer_id")
+
 DLQ = "dlq"
 INGEST = "ingest"
 _ENCODER = msgspec.json.Encoder()
@@ -234,11 +251,16 @@ class Catalogue:
             Stream(s.name, s.schema, s.key_field, prefix + s.name) for s in _STREAMS
         )
         self.by_name = {s.name: s for s in self.streams}
-        self.by_topic = {s.topic: s for s in self.streams}
+        self.commands = Stream(COMMANDS.name, COMMANDS.schema, COMMANDS.key_field,
+                               prefix + COMMANDS.name)
+        self.commands_topic = self.commands.topic
+        # Commands are decoded like any stream, but only from their own topic.
+        self.by_topic = {s.topic: s for s in (*self.streams, self.commands)}
         self.dlq_topic = prefix + DLQ
         # For producers that cannot fan out: records name their stream in a "stream" field.
         self.ingest_topic = prefix + INGEST
-        self._decoders = {s.name: msgspec.json.Decoder(s.schema) for s in self.streams}
+        self._decoders = {s.name: msgspec.json.Decoder(s.schema)
+                          for s in (*self.streams, self.commands)}
         self._envelope = msgspec.json.Decoder(_Envelope)
 
     @property
@@ -248,8 +270,9 @@ class Catalogue:
 
     @property
     def input_topics(self) -> list[str]:
-        """Every topic the dataflow reads: the stream topics and the mixed ingest topic."""
-        return [*self.topics, self.ingest_topic]
+        """Every topic the dataflow reads: the stream topics, the mixed ingest topic and
+        the commands topic."""
+        return [*self.topics, self.ingest_topic, self.commands_topic]
 
     def topic(self, stream: str) -> str:
         try:

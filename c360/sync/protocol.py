@@ -1,0 +1,98 @@
+"""The sync protocol's client messages (typed, validated by msgspec) and server messages.
+
+Every message is one JSON object with a ``type``. Client requests may carry an ``id``
+that the server echoes in its reply, so that a client can match replies to requests.
+Server messages are plain dicts built by the functions below; values are encoded by
+msgspec (datetimes become ISO 8601 strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+RequestId = str | int | None
+
+
+class Auth(msgspec.Struct, tag="auth", tag_field="type", forbid_unknown_fields=True):
+    token: str
+    id: RequestId = None
+
+
+class Sync(msgspec.Struct, tag="sync", tag_field="type", forbid_unknown_fields=True):
+    entity: str  # an entity id, or "*" for every entity (of ``kind``, in ``segment``)
+    fields: list[str] | None = None  # None: every field the token may see
+    segment: str | None = None  # wildcard only: entities whose "segments" contain it
+    kind: str = "customer"  # wildcard only
+    id: RequestId = None
+
+
+class Resume(msgspec.Struct, tag="resume", tag_field="type", forbid_unknown_fields=True):
+    entity: str
+    from_version: int
+    fields: list[str] | None = None
+    id: RequestId = None
+
+
+class Unsync(msgspec.Struct, tag="unsync", tag_field="type", forbid_unknown_fields=True):
+    entity: str  # an entity id, or "*" for the wildcard sync
+    id: RequestId = None
+
+
+class Lifecycle(msgspec.Struct, tag="lifecycle", tag_field="type", forbid_unknown_fields=True):
+    types: list[str] | None = None  # None: every lifecycle type
+    entities: list[str] | None = None  # None: every entity the token may see
+    id: RequestId = None
+
+
+class Command(msgspec.Struct, tag="command", tag_field="type", forbid_unknown_fields=True):
+    entity: str
+    name: str
+    args: dict[str, Any] = {}
+    id: RequestId = None
+
+
+ClientMessage = Auth | Sync | Resume | Unsync | Lifecycle | Command
+_DECODER = msgspec.json.Decoder(ClientMessage)
+_ENCODER = msgspec.json.Encoder()
+
+
+class BadMessage(ValueError):
+    """A client message that is not valid JSON or not a known request."""
+
+
+def decode(raw: str | bytes) -> ClientMessage:
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadMessage(str(exc)) from None
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return _ENCODER.encode(message)
+
+
+def escape(field: str) -> str:
+    """A top-level field name as an RFC 6901 JSON pointer."""
+    return "/" + field.replace("~", "~0").replace("/", "~1")
+
+
+def error(code: str, message: str, request: RequestId = None,
+          entity: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message, "id": request}
+    if entity is not None:
+        out["entity"] = entity
+    return out
+
+
+def snapshot(entity_id: str, version: int, data: dict[str, Any] | None) -> dict[str, Any]:
+    return {"type": "snapshot", "entity": entity_id, "version": version, "data": data}
+
+
+def patch(entity_id: str, base: int, version: int, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "patch", "entity": entity_id, "from": base, "version": version, "ops": ops}
+
+
+def unsynced(entity_id: str, reason: str, request: RequestId = None) -> dict[str, Any]:
+    return {"type": "unsynced", "entity": entity_id, "reason": reason, "id": request}
