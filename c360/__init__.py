@@ -11,6 +11,7 @@ from c360.events import Catalogue, encode
 from c360.logic import chain, first_logic
 from c360.pipeline import Pipeline, run_until_idle
 from c360.store import EntityStore, Subscription
+from c360.sync import Replica, SyncServer, TokenBook, connect, local
 
 __all__ = [
     "BrokerError",
@@ -23,12 +24,17 @@ __all__ = [
     "EntityStore",
     "InvalidEvent",
     "Pipeline",
+    "Replica",
     "Settings",
     "Subscription",
+    "SyncServer",
+    "TokenBook",
     "chain",
+    "connect",
     "create_topics",
     "encode",
     "first_logic",
     "kafka_for",
+    "local",
     "run_until_idle",
 ]

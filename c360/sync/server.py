@@ -44,13 +44,15 @@ log = logging.getLogger(__name__)
 
 # Lifecycle detail keys shown to tokens with a field list (besides their allowed fields).
 SAFE_DETAIL = frozenset({"stream", "rule", "decision", "segment", "reason"})
+RESUME_PATCHES = 16  # a resume missing more versions than this gets them as one patch
+_SKIP: dict[str, Any] = {}  # "send nothing for this entity" (compared by identity)
 
 
 @dataclass(frozen=True)
 class Limits:
     max_pending: int = 1_000  # entities with coalesced patches waiting, per connection
     max_events: int = 1_000  # lifecycle events waiting, per connection (oldest dropped)
-    max_replies: int = 1_000  # replies a client has not read; past this it is disconnected
+    max_replies: int = 4_096  # replies a client has not read; past this it is disconnected
     history_versions: int = 64  # deltas kept per entity for resume
     history_entities: int = 10_000  # entities with a resume history (least recent dropped)
     ack_timeout: float = 30.0  # seconds a command may take to come back applied
@@ -260,6 +262,8 @@ class _Connection:
             if view is None:
                 continue
             refusal = self._refusal(scope, eid, view)
+            if refusal is _SKIP:
+                continue
             if refusal is not None:
                 return refusal
             message = self.render_patch(scope, eid, view, pending.version, pending.changes)
@@ -276,6 +280,8 @@ class _Connection:
                 continue
             entity = store.get(eid)
             refusal = self._refusal(scope, eid, view, entity)
+            if refusal is _SKIP:
+                continue
             if refusal is not None:
                 return refusal
             if entity is None:
@@ -303,22 +309,24 @@ class _Connection:
 
     def _refusal(self, scope: Scope, eid: str, view: _View,
                  entity: dict[str, Any] | None | bool = False) -> dict[str, Any] | None:
-        """An unsync notice when the entity is no longer in the token's scope or in the
-        wildcard's segment; None when it may be sent."""
-        needs_entity = scope.segment is not None or (not view.explicit and self.wild is not None
-                                                     and self.wild.segment is not None)
-        if not needs_entity:
-            return None
-        if entity is False:
-            entity = self.server.store.get(eid)
-        assert entity is not True
+        """None when the entity may be sent. Otherwise the view is dropped and the result
+        is an unsync notice (the client held a copy) or ``_SKIP`` (it never got one).
+        Checked before every message, so scope and segment changes take effect at once."""
+        wild_segment = (not view.explicit and self.wild is not None
+                        and self.wild.segment is not None)
+        if entity is False:  # fetched only when membership depends on the entity's state
+            entity = (self.server.store.get(eid) if scope.segment is not None or wild_segment
+                      else None)
+        assert not isinstance(entity, bool)
         if not scope.allows_entity(eid, entity):
-            self.forget(eid)
-            return p.unsynced(eid, "the entity is no longer in your token's scope")
-        if not view.explicit and self.wild is not None and not self.wild.matches(entity):
-            self.forget(eid)
-            return p.unsynced(eid, f"the entity left segment {self.wild.segment!r}")
-        return None
+            reason = "the entity is not in your token's scope"
+        elif wild_segment and not self.wild.matches(entity):  # type: ignore[union-attr]
+            reason = f"the entity left segment {self.wild.segment!r}"  # type: ignore[union-attr]
+        else:
+            return None
+        known = view.version >= 0  # the client holds a copy: tell it to drop it
+        self.forget(eid)
+        return p.unsynced(eid, reason) if known else _SKIP
 
     def render_patch(self, scope: Scope, eid: str, view: _View, version: int,
                      changes: dict[str, Any]) -> dict[str, Any]:
@@ -647,6 +655,11 @@ class SyncServer:
                         "snapshot": True})
             conn._owe_snapshot(m.entity)
             return
+        if len(missed) > RESUME_PATCHES:  # fewer, larger patches: merged into one
+            merged: dict[str, Any] = {}
+            for step in missed:
+                merged.update(step.changes)
+            missed = [_Step(m.from_version, missed[-1].version, merged)]
         conn.reply({"type": "resumed", "id": m.id, "entity": m.entity, "patches": len(missed),
                     "snapshot": False})
         for step in missed:

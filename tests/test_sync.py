@@ -1,0 +1,409 @@
+"""Live entity sync: real WebSocket clients against the sync server, real Kafka underneath.
+
+The "raw" clients here use only ``websockets``, ``jsonpatch`` and ``json`` -- what a
+program outside the network would use -- so they check the protocol, not c360's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import jsonpatch
+import msgspec
+import pytest
+import websockets
+
+import c360
+from c360.delta import Delta
+from c360.pipeline import Pipeline
+from c360.simulator import simulate
+from c360.store import EntityStore
+from c360.sync import Limits, SyncServer, TokenBook
+
+LOYALTY = ["loyalty_points", "loyalty_tier", "loyalty_program_tier"]
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def normalised(entity: dict[str, Any]) -> dict[str, Any]:
+    """The entity as JSON would carry it (datetimes as ISO strings), without its version."""
+    return json.loads(msgspec.json.encode({k: v for k, v in entity.items() if k != "version"}))
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.02)
+
+
+class RawClient:
+    """A sync client made of websockets + jsonpatch only, run in its own thread."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url, self.token = url, token
+        self.copies: dict[str, Any] = {}
+        self.versions: dict[str, int] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.gaps = 0
+        self._loop = asyncio.new_event_loop()
+        self._ws: Any = None
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._call(self._open())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(20)
+
+    async def _open(self) -> None:
+        self._ws = await websockets.connect(self.url, max_size=None)
+        if self.token is not None:
+            await self._ws.send(json.dumps({"type": "auth", "token": self.token}))
+        self._loop.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self._ws:
+            m = json.loads(raw)
+            self.messages.append(m)
+            if m["type"] == "snapshot":
+                self.copies[m["entity"]] = m["data"]
+                self.versions[m["entity"]] = m["version"]
+            elif m["type"] == "patch":
+                eid = m["entity"]
+                if self.versions.get(eid) != m["from"]:
+                    self.gaps += 1
+                    continue
+                self.copies[eid] = jsonpatch.apply_patch(self.copies[eid], m["ops"])
+                self.versions[eid] = m["version"]
+
+    def send(self, **message: Any) -> None:
+        self._call(self._ws.send(json.dumps(message)))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in list(self.messages) if m["type"] == kind]
+
+    def close(self) -> None:
+        self._call(self._ws.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture()
+def tokens() -> TokenBook:
+    return TokenBook.from_tokens({
+        "admin": {"name": "admin", "pii": True, "commands": ["*"]},
+        "loyalty": {"name": "loyalty", "fields": LOYALTY, "commands": ["grant_points"]},
+    })
+
+
+def test_raw_clients_converge_on_100_live_customers_and_field_filters_hold(settings,
+                                                                           tokens) -> None:
+    stop = threading.Event()
+    with Pipeline(settings) as pipeline, SyncServer(pipeline.store, tokens, settings) as server:
+        store = pipeline.store
+        sim = threading.Thread(target=simulate, args=(settings,), daemon=True,
+                               kwargs=dict(customers=150, rate=2000, duration=30, seed=3,
+                                           progress=False, stop=stop))
+        sim.start()
+        wait_for(lambda: store.count() >= 100, what="100 customers")
+        ids = sorted(store.ids())[:100]
+        full, narrow = RawClient(server.url, "admin"), RawClient(server.url, "loyalty")
+        for eid in ids:
+            full.send(type="sync", entity=eid)
+            narrow.send(type="sync", entity=eid, fields=LOYALTY)
+        time.sleep(3)  # patches flow while the simulator runs
+        stop.set()
+        sim.join(60)
+        last = {}
+
+        def settled() -> bool:
+            nonlocal last
+            now = {eid: store.get(eid)["version"] for eid in ids}
+            done = now == last and all(full.versions.get(e) == v for e, v in now.items())
+            last = now
+            return done
+
+        wait_for(settled, 60, "clients at the store's versions")
+        assert full.gaps == 0
+        patches = full.of_type("patch")
+        assert len(patches) > 100
+        for eid in ids:
+            assert full.copies[eid] == normalised(store.get(eid)), eid
+        # The narrow client saw only the loyalty fields, at the same versions.
+        allowed = {"/" + f for f in LOYALTY}
+        narrow_patches = narrow.of_type("patch")
+        assert narrow_patches
+        for m in narrow_patches:
+            assert {op["path"] for op in m["ops"]} <= allowed, m
+        for eid in ids:
+            e = store.get(eid)
+            assert narrow.copies[eid] == {k: v for k, v in normalised(e).items()
+                                          if k in ("id", "kind", *LOYALTY)}
+        full.close()
+        narrow.close()
+
+
+def test_a_command_is_applied_once_acked_with_its_version_and_seen_by_every_subscriber(
+        settings, tokens) -> None:
+    with Pipeline(settings) as pipeline, SyncServer(pipeline.store, tokens, settings) as server:
+        simulate(settings, customers=5, rate=0, events=200, seed=5, progress=False)
+        store = pipeline.store
+        wait_for(lambda: store.count() == 5, what="5 customers")
+        eid = sorted(store.ids())[0]
+        sender, watcher = RawClient(server.url, "loyalty"), RawClient(server.url, "admin")
+        for c in (sender, watcher):
+            c.send(type="sync", entity=eid)
+            wait_for(lambda c=c: eid in c.versions, what="snapshot")
+        # Refused before anything is produced: unknown name, bad args, not in the scope.
+        sender.send(type="command", id="bad1", entity=eid, name="launch", args={})
+        sender.send(type="command", id="bad2", entity=eid, name="grant_points",
+                    args={"points": -5})
+        sender.send(type="command", id="bad3", entity=eid, name="add_note", args={"text": "x"})
+        wait_for(lambda: len(sender.of_type("error")) == 3, what="3 errors")
+        codes = {m["id"]: m["code"] for m in sender.of_type("error")}
+        assert codes == {"bad1": "forbidden", "bad2": "bad_args", "bad3": "forbidden"}
+        before = store.get(eid).get("loyalty_points", 0)
+        sender.send(type="command", id="c1", entity=eid, name="grant_points",
+                    args={"points": 250})
+        wait_for(lambda: sender.of_type("ack"), what="the ack")
+        ack = sender.of_type("ack")[0]
+        assert ack["id"] == "c1" and ack["entity"] == eid
+        version = ack["version"]
+        for c in (sender, watcher):
+            wait_for(lambda c=c: c.versions[eid] >= version, what="the applied version")
+            assert c.copies[eid]["loyalty_points"] == before + 250
+        time.sleep(1)  # a second application would show up by now
+        assert store.get(eid)["loyalty_points"] == before + 250
+        assert store.get(eid)["version"] == version
+        # The Python client: the same, through c360.connect, plus the admin's other commands.
+        with c360.connect(server.url, "admin") as replica:
+            replica.sync(eid)
+            v2 = replica.command(eid, "add_note", text="called about the refund")
+            assert replica.versions[eid] >= v2
+            assert replica.entities[eid]["notes"][0]["text"] == "called about the refund"
+            assert replica.entities[eid]["notes"][0]["by"] == "admin"
+            replica.command(eid, "opt_out_marketing")
+            replica.command(eid, "mark_contacted", channel="phone")
+            assert replica.entities[eid]["marketing_opt_out"] is True
+            assert replica.dataframe().loc[eid, "last_contact_channel"] == "phone"
+        sender.close()
+        watcher.close()
+
+
+# -- in-memory store: scopes, flow control, resume -------------------------------------------
+
+PII = {"name", "email", "phone", "address", "birthdate"}
+
+
+def _seed(store: EntityStore, n: int = 30) -> None:
+    deltas = []
+    for i in range(n):
+        eid = f"c{i:02d}"
+        deltas.append(Delta(eid, "customer", 1, at(i), "customer_details", f"d{i}", {
+            "name": f"PII-name-{i}", "email": f"PII-email-{i}", "phone": f"PII-phone-{i}",
+            "address": {"city": f"PII-addr-{i}"}, "birthdate": f"PII-bd-{i}",
+            "segments": ["vip"] if i < 10 else [], "loyalty_points": i, "order_count": i}))
+    store.apply(deltas)
+
+
+def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
+    import random
+
+    rng = random.Random(7)
+    past = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    scopes = {
+        "narrow": {"fields": ["loyalty_points"], "entities": ["c01", "c02", "c11"]},
+        "vip": {"entities": {"segment": "vip"}, "fields": ["loyalty_points", "email"]},
+        "nopii": {"commands": ["grant_points"]},
+        "expired": {"pii": True, "expires_at": past},
+        "expiring": {"pii": True, "entities": ["c03"], "expires_at": soon},
+    }
+    book = TokenBook.from_tokens(scopes)
+    store = EntityStore()
+    _seed(store)
+    stop = threading.Event()
+
+    def churn() -> None:  # patches flow during the attempts; segments stay put
+        v = 1
+        while not stop.is_set():
+            v += 1
+            store.apply([Delta(f"c{i:02d}", "customer", v, at(v), "loyalty", f"l{i}-{v}",
+                               {"loyalty_points": v, "email": f"PII-email-{i}-{v}",
+                                "order_count": v}) for i in range(30)])
+            time.sleep(0.01)
+
+    presented = ["narrow", "vip", "nopii", "expired", "expiring", None, "wrong-token", ""]
+    entities = [f"c{i:02d}" for i in range(30)] + ["*", "nobody"]
+    fields = [None, ["loyalty_points"], ["email"], ["name", "loyalty_points"], ["order_count"]]
+
+    def attempt() -> dict[str, Any]:
+        kind = rng.choice(["sync", "resume", "command", "unsync"])
+        m: dict[str, Any] = {"type": kind, "entity": rng.choice(entities)}
+        if kind in ("sync", "resume"):
+            m["fields"] = rng.choice(fields)
+        if kind == "resume":
+            m["from_version"] = rng.randint(0, 50)
+        if kind == "command":
+            m["name"] = rng.choice(["grant_points", "add_note", "nuke"])
+            m["args"] = {"points": 5}
+        return m
+
+    async def one(token: str | None, n: int, url: str) -> tuple[str | None, list, float]:
+        received: list[tuple[float, dict]] = []
+        async with websockets.connect(url, max_size=None) as ws:
+            if token is not None:
+                await ws.send(json.dumps({"type": "auth", "token": token}))
+
+            async def read() -> None:
+                end = time.monotonic() + 3  # reading while patches flow (and expiry hits)
+                while time.monotonic() < end:
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), 0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    received.append((time.time(), json.loads(raw)))
+
+            reader = asyncio.create_task(read())
+            for _ in range(n):
+                await ws.send(json.dumps(attempt()))
+                await asyncio.sleep(0)
+            await reader
+        return token, received, time.time()
+
+    async def all_clients(url: str) -> list:
+        jobs = [one(presented[i % len(presented)], 200, url) for i in range(50)]
+        return await asyncio.gather(*jobs)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    with SyncServer(store, book, limits=Limits(tick=0.1)) as server:
+        churner.start()
+        results = asyncio.run(all_clients(server.url))
+        stop.set()
+    churner.join()
+    data_messages = 0
+    for token, received, _ in results:
+        scope = scopes.get(token or "")
+        for t, m in received:
+            if m["type"] not in ("snapshot", "patch", "ack"):
+                continue
+            data_messages += 1
+            assert scope is not None and token != "expired", (token, m)
+            text = json.dumps(m)
+            if not scope.get("pii"):
+                assert "PII-" not in text, (token, m)
+            ents = scope.get("entities", "*")
+            if isinstance(ents, list):
+                assert m["entity"] in ents, (token, m)
+            elif isinstance(ents, dict):
+                assert int(m["entity"][1:]) < 10, (token, m)
+            if m["type"] == "ack":
+                continue
+            keys = (set(m["data"] or {}) if m["type"] == "snapshot"
+                    else {op["path"][1:] for op in m["ops"]})
+            allowed = set(scope.get("fields", []) or []) | {"id", "kind"}
+            if "fields" in scope:
+                assert keys <= allowed, (token, m)
+            if token == "expiring":
+                assert t < datetime.fromisoformat(soon).timestamp() + 0.5, m
+        if token in (None, "wrong-token", "", "expired"):
+            codes = {m.get("code") for _, m in received if m["type"] == "error"}
+            assert codes & {"unauthenticated", "invalid_token", "token_expired"}
+    assert data_messages > 1000  # the in-scope requests did get data
+    expiring = [m for tok, rec, _ in results if tok == "expiring" for _, m in rec]
+    assert any(m.get("code") == "token_expired" for m in expiring)
+
+
+def test_a_client_that_stops_reading_is_bounded_then_converges() -> None:
+    store = EntityStore()
+    _seed(store, 50)
+    book = TokenBook.from_tokens({"admin": {"pii": True}})
+    limits = Limits(max_pending=10)
+    with SyncServer(store, book, limits=limits) as server:
+        async def run() -> dict[str, Any]:
+            async with websockets.connect(server.url, max_size=None, max_queue=4) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": "admin"}))
+                await ws.send(json.dumps({"type": "sync", "entity": "*"}))
+                # Stop reading; the store keeps changing, with big values to fill buffers.
+                blob = "x" * 20_000
+                for v in range(2, 400):
+                    store.apply([Delta(f"c{i:02d}", "customer", v, at(v), "search", f"s{i}-{v}",
+                                       {"search_count": v, "blob": blob + str(v)})
+                                 for i in range(50)])
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.5)
+                stats = server.stats()
+                copies: dict[str, Any] = {}
+                versions: dict[str, int] = {}
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    try:
+                        m = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    except asyncio.TimeoutError:
+                        break
+                    if m["type"] == "snapshot":
+                        copies[m["entity"]], versions[m["entity"]] = m["data"], m["version"]
+                    elif m["type"] == "patch":
+                        assert versions[m["entity"]] == m["from"]
+                        copies[m["entity"]] = jsonpatch.apply_patch(copies[m["entity"]],
+                                                                    m["ops"])
+                        versions[m["entity"]] = m["version"]
+                return {"stats": stats, "copies": copies, "versions": versions}
+
+        out = asyncio.run(run())
+    stats = out["stats"]
+    assert max(stats["pending"]) <= limits.max_pending
+    assert max(stats["overflows"]) >= 1  # it fell too far behind: snapshots instead
+    for i in range(50):
+        eid = f"c{i:02d}"
+        assert out["versions"][eid] == 399
+        assert out["copies"][eid] == normalised(store.get(eid))
+
+
+def test_resume_sends_missed_patches_or_a_snapshot_and_segment_exits_unsync() -> None:
+    store = EntityStore()
+    _seed(store, 12)
+    book = TokenBook.from_tokens({"admin": {"pii": True},
+                                  "vip": {"entities": {"segment": "vip"}}})
+    with SyncServer(store, book) as server:
+        c = RawClient(server.url, "admin")
+        c.send(type="sync", entity="c01")
+        wait_for(lambda: c.versions.get("c01") == 1)
+        for v in range(2, 7):
+            store.apply([Delta("c01", "customer", v, at(v), "loyalty", f"r{v}",
+                               {"loyalty_points": v})])
+        wait_for(lambda: c.versions.get("c01") == 6)
+        c.close()
+        again = RawClient(server.url, "admin")
+        again.copies["c01"], again.versions["c01"] = c.copies["c01"], 1
+        again.send(type="resume", entity="c01", from_version=1)
+        wait_for(lambda: again.versions.get("c01") == 6)
+        assert not again.of_type("snapshot") and len(again.of_type("patch")) == 5
+        assert again.copies["c01"] == normalised(store.get("c01"))
+        for v in range(7, 100):  # more than the 64 versions held
+            store.apply([Delta("c01", "customer", v, at(v), "loyalty", f"r{v}",
+                               {"loyalty_points": v})])
+        again.send(type="resume", entity="c01", from_version=6)
+        wait_for(lambda: again.versions.get("c01") == 99)
+        assert len(again.of_type("snapshot")) == 1
+        # A segment-scoped token: the entity leaves the segment -> unsynced, no more patches.
+        seg = RawClient(server.url, "vip")
+        seg.send(type="sync", entity="c02")
+        seg.send(type="sync", entity="c11", id="out")
+        wait_for(lambda: "c02" in seg.versions and seg.of_type("error"))
+        assert seg.of_type("error")[0]["code"] == "forbidden"
+        assert seg.copies["c02"]["name"] == "[redacted]"
+        store.apply([Delta("c02", "customer", 2, at(2), "rules", "seg", {"segments": []})])
+        wait_for(lambda: seg.of_type("unsynced"))
+        store.apply([Delta("c02", "customer", 3, at(3), "loyalty", "x", {"loyalty_points": 1})])
+        time.sleep(0.3)
+        assert seg.versions["c02"] == 1 and not seg.of_type("patch")
+        for client in (again, seg):
+            client.close()
