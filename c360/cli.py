@@ -84,7 +84,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from c360.demo import run_demo
 
     return run_demo(port=args.port, customers=args.customers, rate=args.rate,
-                    show=not args.no_browser)
+                    show=not args.no_browser, sync_port=args.sync_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--customers", type=int, default=500)
     d.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
     d.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    d.add_argument("--sync-port", type=int, default=0,
+                   help="port of the sync WebSocket server (default: a free one)")
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -11,6 +11,7 @@ Stdout carries two lines that scripts and tests rely on::
 
     c360 demo: broker pid 1234 at 127.0.0.1:40123
     c360 demo: live page at http://127.0.0.1:5006/live
+    c360 demo: sync at ws://127.0.0.1:8765
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -33,6 +35,7 @@ from c360.broker import EmbeddedBroker, free_port, wait_for_port
 from c360.config import Settings
 from c360.errors import C360Error
 from c360.pipeline import Pipeline
+from c360.sync import SyncServer, TokenBook
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,20 @@ def _open_browser(url: str) -> None:
         say("open the page in your browser (no browser could be started here)")
 
 
+def _start_sync(pipeline: Pipeline, settings: Settings, port: int) -> SyncServer:
+    """The sync server on the demo's store. Without configured tokens (C360_TOKENS_FILE /
+    C360_TOKENS) the demo makes one full-access token for this run and prints it."""
+    tokens = TokenBook.from_env()
+    if not len(tokens):
+        secret = secrets.token_urlsafe(16)
+        tokens = TokenBook.from_tokens({secret: {"name": "demo", "pii": True,
+                                                 "commands": ["*"]}})
+        say(f"sync token for this run (full access): {secret}")
+    return SyncServer(pipeline.store, tokens, settings, port=port).start()
+
+
 def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: bool = True,
-             settings: Settings | None = None) -> int:
+             settings: Settings | None = None, sync_port: int = 0) -> int:
     """Run the whole demo until interrupted; returns the exit code (0 on Ctrl-C / SIGTERM)."""
     started = time.monotonic()
     # Panel and HoloViews take seconds to import: do it before anything is running.
@@ -119,6 +134,7 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
     pipeline: Pipeline | None = None
     simulator: _SimulatorThread | None = None
     server: Any = None
+    sync: SyncServer | None = None
     code = 0
     try:
         port = port or free_port()
@@ -132,6 +148,7 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         pipeline = Pipeline(settings)
         pipeline.start()  # creates the topics first, so the simulator never auto-creates them
         live.set_shared(pipeline)
+        sync = _start_sync(pipeline, settings, sync_port)
         simulator = _SimulatorThread(settings, customers, rate, stop)
         simulator.start()
 
@@ -141,6 +158,7 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         wait_for_port("127.0.0.1", port)  # the URL is printed only once it answers
         url = f"http://127.0.0.1:{port}/{PAGE}"
         say(f"live page at {url}")
+        say(f"sync at {sync.url}")
         say(f"{customers} customers at {rate:g} events/s; ready in "
             f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.")
         if show:
@@ -167,6 +185,8 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
     finally:
         stop.set()
         say("stopping...")
+        if sync is not None:
+            sync.stop()  # before the dataflow: it reads the store the dataflow writes
         code = _shutdown(simulator, pipeline, server, broker) or code
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -387,12 +387,17 @@ def test_resume_sends_missed_patches_or_a_snapshot_and_segment_exits_unsync() ->
         wait_for(lambda: again.versions.get("c01") == 6)
         assert not again.of_type("snapshot") and len(again.of_type("patch")) == 5
         assert again.copies["c01"] == normalised(store.get("c01"))
-        for v in range(7, 100):  # more than the 64 versions held
+        again.close()
+        for v in range(7, 100):  # more than the 64 versions held, while disconnected
             store.apply([Delta("c01", "customer", v, at(v), "loyalty", f"r{v}",
                                {"loyalty_points": v})])
-        again.send(type="resume", entity="c01", from_version=6)
-        wait_for(lambda: again.versions.get("c01") == 99)
-        assert len(again.of_type("snapshot")) == 1
+        time.sleep(0.3)  # the server has seen them
+        late = RawClient(server.url, "admin")
+        late.copies["c01"], late.versions["c01"] = again.copies["c01"], 6
+        late.send(type="resume", entity="c01", from_version=6)
+        wait_for(lambda: late.versions.get("c01") == 99)
+        assert len(late.of_type("snapshot")) == 1 and not late.of_type("patch")
+        assert late.copies["c01"] == normalised(store.get("c01"))
         # A segment-scoped token: the entity leaves the segment -> unsynced, no more patches.
         seg = RawClient(server.url, "vip")
         seg.send(type="sync", entity="c02")
@@ -405,5 +410,5 @@ def test_resume_sends_missed_patches_or_a_snapshot_and_segment_exits_unsync() ->
         store.apply([Delta("c02", "customer", 3, at(3), "loyalty", "x", {"loyalty_points": 1})])
         time.sleep(0.3)
         assert seg.versions["c02"] == 1 and not seg.of_type("patch")
-        for client in (again, seg):
+        for client in (late, seg):
             client.close()
