@@ -79,6 +79,7 @@ class Settings:
     broker_port: int = 0  # 0: any free port
     olist_dir: Path = REPO_ROOT.parent / "shared" / "data" / "olist"
     max_event_bytes: int = 1_000_000
+    allowed_lateness_s: int = 3600  # event time an event may lag its partition by
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -99,6 +100,7 @@ class Settings:
             broker_port=_int_env("C360_BROKER_PORT", 0, minimum=0),
             olist_dir=Path(olist) if olist else cls.olist_dir,
             max_event_bytes=_int_env("C360_MAX_EVENT_BYTES", 1_000_000),
+            allowed_lateness_s=_int_env("C360_ALLOWED_LATENESS_S", 3600, minimum=0),
         )
 
     def with_bootstrap(self, bootstrap: str) -> Settings:

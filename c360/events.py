@@ -56,6 +56,11 @@ class OrderLine(msgspec.Struct, frozen=True):
     quantity: Annotated[int, msgspec.Meta(ge=1)] = 1
     price: Money = 0.0
     discount: Money = 0.0
+    # The product's category and brand as the shop knew them when it was sold: the
+    # customer's affinity scores need them, and a lookup in the product entities would make
+    # them depend on which topic happened to be read first.
+    category: str = ""
+    brand: str = ""
 
 
 class Order(CustomerEvent, kw_only=True, frozen=True):
@@ -130,6 +135,8 @@ class Search(CustomerEvent, kw_only=True, frozen=True):
     query: str = ""
     results: Count = 0
     product_id: str = ""
+    category: str = ""  # of the product viewed or carted (see OrderLine.category)
+    brand: str = ""
 
 
 class Location(CustomerEvent, kw_only=True, frozen=True):
@@ -257,6 +264,8 @@ class Catalogue:
         # Commands are decoded like any stream, but only from their own topic.
         self.by_topic = {s.topic: s for s in (*self.streams, self.commands)}
         self.dlq_topic = prefix + DLQ
+        self.late_topic = prefix + "late"  # events later than the allowed lateness, with why
+        self.decisions_topic = prefix + "decisions"  # what the business rules decided
         # For producers that cannot fan out: records name their stream in a "stream" field.
         self.ingest_topic = prefix + INGEST
         self._decoders = {s.name: msgspec.json.Decoder(s.schema)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 from bytewax.connectors.kafka import KafkaSink
@@ -90,12 +91,22 @@ class Pipeline:
         dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
                         add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
                                     "partitioner": "murmur2_random"})
-        return build_flow(self.source, StoreSink(self.store), dlq, catalogue=self.catalogue,
+        late = KafkaSink(brokers, self.catalogue.late_topic,
+                         add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
+                                     "partitioner": "murmur2_random"})
+        decisions = KafkaSink(brokers, self.catalogue.decisions_topic,
+                              add_config={**s.security.librdkafka(),
+                                          "partitioner": "murmur2_random"})
+        return build_flow(self.source, StoreSink(self.store), dlq, late_sink=late,
+                          decisions_sink=decisions, catalogue=self.catalogue,
                           logic=self.logic, max_event_bytes=s.max_event_bytes,
+                          allowed_lateness=timedelta(seconds=s.allowed_lateness_s),
                           recoverable=self.recoverable)
 
     def ensure_topics(self) -> None:
-        create_topics(self.settings, [*self.catalogue.input_topics, self.catalogue.dlq_topic])
+        cat = self.catalogue
+        create_topics(self.settings, [*cat.input_topics, cat.dlq_topic, cat.late_topic,
+                                      cat.decisions_topic])
 
     def run(self) -> EntityStore:
         """Run in this thread until stopped or (with ``idle_timeout``) idle."""

@@ -10,14 +10,18 @@ no stream join, each stream updates its slice of the one entity.
 from __future__ import annotations
 
 import zlib
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from c360.analytics import Collector
 from c360.delta import Delta, Lifecycle
 from c360.entity import FOLDS, EntityState
 from c360.events import Event, encode
+from c360.hooks import EntityHooks
 from c360.logic import Logic
+from c360.rules import CATALOG, Decision
 
 
 class Routed(msgspec.Struct, frozen=True, array_like=True):
@@ -47,25 +51,48 @@ def shard_of(kind: str, entity_id: str, shards: int) -> str:
 
 
 class Shard:
-    """Entity states of one shard."""
+    """Entity states of one shard.
 
-    __slots__ = ("entities",)
+    With ``hooks`` (:class:`c360.hooks.EntityHooks`), customer events also maintain the
+    windows of relevance, rules and segments, and each batch ends with a bounded sweep
+    that ages quiet customers to the shard's watermark (its latest event time less the
+    allowed lateness): decay, roll-up and eviction need no event of theirs.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("entities", "hooks", "watermark", "latest", "_cursor", "_lateness")
+
+    def __init__(self, hooks: EntityHooks | None = None,
+                 allowed_lateness: timedelta = timedelta(hours=1)) -> None:
         self.entities: dict[str, EntityState] = {}
+        self.hooks = hooks
+        self.latest: datetime | None = None  # latest event time seen by this shard
+        self.watermark: datetime | None = None
+        self._lateness = allowed_lateness
+        self._cursor: list[str] = []  # ids still to visit in this round of the sweep
 
-    def __getstate__(self) -> dict[str, EntityState]:
-        return self.entities
+    def __getstate__(self) -> tuple:
+        return (self.entities, self.hooks, self.latest, self.watermark, self._lateness)
 
-    def __setstate__(self, state: dict[str, EntityState]) -> None:
-        self.entities = state
+    def __setstate__(self, state: tuple | dict) -> None:
+        if isinstance(state, dict):  # a snapshot from before hooks existed
+            state = (state, None, None, None, timedelta(hours=1))
+        self.entities, self.hooks, self.latest, self.watermark, self._lateness = state
+        self._cursor = []
 
-    def apply(self, batch: list[Routed],
-              logic: Logic | None) -> tuple[list[Delta | Lifecycle], list[Failed]]:
-        """Fold a batch; the deltas and lifecycle events in order, and the failures."""
+    def apply(self, batch: list[Routed], logic: Logic | None,
+              decisions: list[Decision] | None = None, collector: Collector | None = None
+              ) -> tuple[list[Delta | Lifecycle], list[Failed]]:
+        """Fold a batch; the deltas and lifecycle events in order, and the failures.
+
+        Decisions made by rules are appended to ``decisions`` when given; applied events
+        are counted into ``collector`` (global analytics) when given.
+        """
         deltas: list[Delta | Lifecycle] = []
         failed: list[Failed] = []
         entities = self.entities
+        hooks = self.hooks
+        made: list[Decision] = [] if decisions is None else decisions
+        latest = self.latest
         for r in batch:
             state = entities.get(r.entity_id)
             if state is None:
@@ -73,18 +100,31 @@ class Shard:
             event = r.event
             if state.is_duplicate(event.event_id):
                 continue
+            notes: list[tuple[str, dict[str, Any]]] = []
             try:
                 # An event that changes nothing (a late reading, an item already in the cart)
                 # still counts: a version is one applied event, so versions do not depend on
                 # the order in which topics were read, and they prove nothing was lost.
                 changes = FOLDS[r.stream](state, event) or {}
                 fields = state.fields
+                if hooks is not None:
+                    before = {k: fields.get(k) for k in changes}
                 fields.update(changes)
                 if logic is not None and r.kind == "customer":
                     derived = logic(fields, changes, event)
                     if derived:
+                        if hooks is not None:
+                            for k in derived:
+                                if k not in before:
+                                    before[k] = fields.get(k)
                         fields.update(derived)
                         changes.update(derived)
+                if hooks is not None:
+                    if r.kind == "customer":
+                        hooks.on_customer_event(state, r.stream, r.entity_id, event, changes,
+                                                before, notes, made)
+                    else:
+                        CATALOG.observe(r.entity_id, fields, changes, event)
             except Exception as exc:  # a bug in a fold or a rule must not stop the flow
                 topic, partition, offset = r.origin
                 failed.append(Failed(f"could not apply {r.stream} event {event.event_id}: "
@@ -92,12 +132,49 @@ class Shard:
                                      r.entity_id.encode(), encode(event)))
                 continue
             state.version += 1
-            deltas.append(Delta(r.entity_id, r.kind, state.version, event.event_time, r.stream,
+            t = event.event_time
+            deltas.append(Delta(r.entity_id, r.kind, state.version, t, r.stream,
                                 event.event_id, changes))
             if state.version == 1:
-                deltas.append(Lifecycle(r.entity_id, r.kind, 1, event.event_time, "created",
+                deltas.append(Lifecycle(r.entity_id, r.kind, 1, t, "created",
                                         {"stream": r.stream}))
+            for type_, detail in notes:
+                deltas.append(Lifecycle(r.entity_id, r.kind, state.version, t, type_, detail))
+            if latest is None or t > latest:
+                latest = t
+            if collector is not None:
+                collector.add(r.stream, r.kind, r.entity_id, event, changes)
+        self.latest = latest
+        if hooks is not None and latest is not None:
+            self._sweep(latest - self._lateness, deltas)
         return deltas, failed
+
+    def _sweep(self, watermark: datetime, deltas: list[Delta | Lifecycle]) -> None:
+        """Age up to ``hooks.sweep_per_batch`` customers to the watermark (round robin)."""
+        hooks = self.hooks
+        assert hooks is not None
+        if self.watermark is None or watermark > self.watermark:
+            self.watermark = watermark
+        watermark = self.watermark
+        cursor = self._cursor
+        if not cursor:
+            cursor.extend(self.entities)
+            cursor.reverse()
+        for _ in range(min(hooks.sweep_per_batch, len(cursor))):
+            entity_id = cursor.pop()
+            state = self.entities.get(entity_id)
+            if state is None or state.windows is None:
+                continue
+            notes: list[tuple[str, dict[str, Any]]] = []
+            changes = hooks.sweep(state, watermark, notes)
+            if changes is None and not notes:
+                continue
+            state.version += 1
+            deltas.append(Delta(entity_id, "customer", state.version, watermark, "relevance",
+                                f"relevance:{entity_id}:{state.version}", changes or {}))
+            for type_, detail in notes:
+                deltas.append(Lifecycle(entity_id, "customer", state.version, watermark, type_,
+                                        detail))
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:
         state = self.entities.get(entity_id)

@@ -686,7 +686,8 @@ class Simulation:
         back = [pid for pid in c.wishlist if self._product[pid].total > 0]
         if back and rng.random() < 0.3:  # a wished-for item is back: straight to it
             p = self._product[rng.choice(back)]
-            yield self._of("search", c, ev.Search, event_type="view", product_id=p.id)
+            yield self._of("search", c, ev.Search, event_type="view", product_id=p.id,
+                           category=p.category, brand=p.brand)
             return [p]
         category = rng.choice(c.categories) if rng.random() < 0.75 else None
         if category not in self._subcategories:
@@ -705,7 +706,8 @@ class Simulation:
         for _ in range(rng.randint(1, 4)):
             p = rng.choice(found)
             viewed.append(p)
-            yield self._of("search", c, ev.Search, event_type="view", product_id=p.id)
+            yield self._of("search", c, ev.Search, event_type="view", product_id=p.id,
+                           category=p.category, brand=p.brand)
         c.viewed = [*(p.id for p in viewed), *c.viewed][:8]
         return viewed
 
@@ -729,7 +731,8 @@ class Simulation:
         placed = self._of(
             "orders", c, ev.Order, order_id=order_id, order_date=self.now, status="created",
             total_amount=total / 100,
-            lines=[ev.OrderLine(p.id, q, p.price / 100, p.discount / 100) for p, q in lines])
+            lines=[ev.OrderLine(p.id, q, p.price / 100, p.discount / 100, p.category, p.brand)
+                   for p, q in lines])
         order: ev.Order = placed[2]  # type: ignore[assignment]
         yield placed
         for method, amount, installments in self._payment_split(total):

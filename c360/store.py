@@ -27,6 +27,8 @@ from c360.errors import C360Error
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Delta], None]
+# Delta streams the dataflow makes itself (global analytics, the relevance sweep).
+NOT_EVENTS = frozenset({"analytics", "relevance"})
 LifecycleCallback = Callable[[Lifecycle], None]
 
 
@@ -146,7 +148,8 @@ class EntityStore:
                     continue
                 e.update(d.changes)
                 e["version"] = d.version
-                counts[d.stream] += 1
+                if d.stream not in NOT_EVENTS:  # windows closing, sweeps: not input events
+                    counts[d.stream] += 1
                 applied.append(d)
             subs = list(self._subs)
             self.updated_at = time.time()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import pickle
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -28,13 +28,17 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 
+from c360.analytics import Collector, global_analytics
 from c360.delta import Delta
 from c360.errors import InvalidEvent
 from c360.events import Catalogue
+from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
+from c360.rules import Decision
 from c360.shard import Failed, Routed, Shard, shard_of
 
 DEFAULT_SHARDS = 16
+DEFAULT_LATENESS = timedelta(hours=1)
 _JSON = msgspec.json.Encoder()
 
 
@@ -43,16 +47,25 @@ class Decoded(msgspec.Struct):
 
     by_shard: dict[str, list[Routed]]
     failed: list[Failed]
+    late: list[Failed] = []  # events later than the allowed lateness: the late topic
 
 
 def make_decoder(
-    catalogue: Catalogue, shards: int, max_bytes: int
+    catalogue: Catalogue, shards: int, max_bytes: int,
+    allowed_lateness: timedelta | None = DEFAULT_LATENESS,
 ) -> Callable[[list[Message]], Decoded]:
     decode = catalogue.decode_with_stream
+    # Event time per topic partition: the latest event time read from it. A partition is
+    # read in offset order by exactly one consumer, so whether an event is "too late" is
+    # the same in every run, however the topics' reads interleave (a per-entity or
+    # per-shard clock would depend on which topic happened to be read first).
+    latest: dict[tuple[str, int], datetime] = {}
+    commands = catalogue.commands.name if hasattr(catalogue, "commands") else "commands"
 
     def decode_batch(msgs: list[Message]) -> Decoded:
         by_shard: dict[str, list[Routed]] = {}
         failed: list[Failed] = []
+        late: list[Failed] = []
         for m in msgs:
             raw = m.value()
             try:
@@ -65,6 +78,19 @@ def make_decoder(
                 failed.append(Failed(exc.reason, m.topic() or "", m.partition() or 0,
                                      m.offset() or 0, m.key(), raw))
                 continue
+            if allowed_lateness is not None and stream.name != commands:
+                where = (m.topic(), m.partition())
+                t = event.event_time
+                mark = latest.get(where)
+                if mark is None or t > mark:
+                    latest[where] = t
+                elif mark - t > allowed_lateness:
+                    late.append(Failed(
+                        f"too late: event time {t.isoformat()} is {(mark - t).total_seconds():.0f}"
+                        f" s behind its partition's latest ({mark.isoformat()}); allowed "
+                        f"lateness is {allowed_lateness.total_seconds():.0f} s",
+                        m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), raw))
+                    continue
             kind = stream.entity_kind
             entity_id = getattr(event, stream.key_field)
             key = shard_of(kind, entity_id, shards)
@@ -75,7 +101,7 @@ def make_decoder(
                 by_shard[key] = [routed]
             else:
                 bucket.append(routed)
-        return Decoded(by_shard, failed)
+        return Decoded(by_shard, failed, late)
 
     return decode_batch
 
@@ -83,17 +109,25 @@ def make_decoder(
 class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed]], bytes]):
     """Bytewax state of one shard: folds every batch routed to it in one call."""
 
-    def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool) -> None:
-        self.shard: Shard = pickle.loads(resume) if resume else Shard()
+    def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool,
+                 hooks: EntityHooks | None = None,
+                 allowed_lateness: timedelta | None = DEFAULT_LATENESS,
+                 analytics: bool = False) -> None:
+        self.analytics = analytics
+        self.shard: Shard = pickle.loads(resume) if resume else Shard(
+            hooks, allowed_lateness or timedelta(0))
         self.logic = logic
         self.recoverable = recoverable
 
     def on_batch(self, values: list[list[Routed]]) -> tuple[list, bool]:
         out = []
         for batch in values:
-            deltas, failed = self.shard.apply(batch, self.logic)
-            if deltas or failed:
-                out.append((deltas, failed))
+            decisions: list[Decision] = []
+            collector = Collector() if self.analytics else None
+            deltas, failed = self.shard.apply(batch, self.logic, decisions, collector)
+            partials = collector.partials() if collector is not None else []
+            if deltas or failed or decisions or partials:
+                out.append((deltas, failed, decisions, partials))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:  # type: ignore[override]
@@ -119,13 +153,24 @@ def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
     return KafkaSinkMessage(key=f.key, value=value, headers=headers)
 
 
+def decision_record(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
+    """A decision on the decisions topic, keyed by customer."""
+    return KafkaSinkMessage(key=d.customer_id.encode(), value=_JSON.encode(d),
+                            headers=[("c360-rule", d.rule.encode())])
+
+
 def build_flow(
     source: Source[list[Message]],
     store_sink: Sink[list[Delta]],
     dlq_sink: Sink[KafkaSinkMessage],
     *,
+    late_sink: Sink[KafkaSinkMessage] | None = None,
+    decisions_sink: Sink[KafkaSinkMessage] | None = None,
     catalogue: Catalogue | None = None,
     logic: Logic | None = first_logic,
+    hooks: EntityHooks | None = None,
+    analytics: bool = True,
+    allowed_lateness: timedelta | None = DEFAULT_LATENESS,
     shards: int = DEFAULT_SHARDS,
     max_event_bytes: int = 1_000_000,
     flow_id: str = "customer360",
@@ -133,24 +178,43 @@ def build_flow(
 ) -> Dataflow:
     """The customer-360 dataflow between any batch source and any sinks.
 
-    ``recoverable=False`` skips state snapshots: right when bytewax runs without
-    recovery, where it would discard them anyway.
+    ``hooks`` (default: windows, rules and segments all on) run after each customer
+    event's fold; pass ``EntityHooks(rules=False, ...)`` to turn parts off. Events later
+    than ``allowed_lateness`` behind their partition go to ``late_sink`` (None: dropped
+    and not applied; ``allowed_lateness=None`` applies every event). ``analytics`` adds the
+    global per-minute analytics (:mod:`c360.analytics`) to the store as ``global:*``
+    entities. ``recoverable=False`` skips state snapshots: right when bytewax runs
+    without recovery, where it would discard them anyway.
     """
     catalogue = catalogue or Catalogue()
+    hooks = hooks if hooks is not None else EntityHooks()
     flow = Dataflow(flow_id)
     polled = op.input("kafka_in", flow, source)
     # polled: list[confluent_kafka.Message], one poll of one partition index
-    decoded = op.map("decode", polled, make_decoder(catalogue, shards, max_event_bytes))
+    decoded = op.map("decode", polled, make_decoder(catalogue, shards, max_event_bytes,
+                                                    allowed_lateness))
     # decoded: Decoded
     routed = op.flat_map("by_shard", decoded, lambda d: list(d.by_shard.items()))
     # routed: (shard key, list[Routed])
 
-    folded = op.stateful_batch("fold", routed,
-                               lambda resume: ShardLogic(resume, logic, recoverable))
-    # folded: (shard key, (list[Delta], list[Failed]))
+    folded = op.stateful_batch("fold", routed, lambda resume: ShardLogic(
+        resume, logic, recoverable, hooks, allowed_lateness, analytics))
+    # folded: (shard key, (deltas, failures, decisions, analytics partials))
     deltas = op.filter_map("deltas", folded, lambda kv: kv[1][0] or None)
     # deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
+    if analytics:
+        partials = op.flat_map("partials", folded, lambda kv: kv[1][3])
+        wait = allowed_lateness if allowed_lateness is not None else DEFAULT_LATENESS
+        deltas = op.merge("with_globals", deltas, global_analytics(partials, wait))
     op.output("store_out", deltas, store_sink)
+
+    if decisions_sink is not None:
+        made = op.flat_map("decisions", folded, lambda kv: kv[1][2])
+        op.output("decisions_out", op.map("decision_record", made, decision_record),
+                  decisions_sink)
+    if late_sink is not None:
+        late = op.flat_map("late_events", decoded, lambda d: d.late)
+        op.output("late_out", op.map("late_record", late, dead_letter), late_sink)
 
     rejected = op.flat_map("decode_failures", decoded, lambda d: d.failed)
     apply_failed = op.flat_map("apply_failures", folded, lambda kv: kv[1][1])

@@ -28,7 +28,7 @@ def settings(broker: EmbeddedBroker) -> Settings:
     s = Settings(bootstrap=broker.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
                  partitions=2)
     cat = Catalogue(s.topic_prefix)
-    create_topics(s, [*cat.input_topics, cat.dlq_topic])
+    create_topics(s, [*cat.input_topics, cat.dlq_topic, cat.late_topic, cat.decisions_topic])
     return s
 
 

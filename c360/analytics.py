@@ -1,0 +1,221 @@
+"""Global analytics: the windowed sums and top-Ns the reference architecture gave to Flink.
+
+The shards know which events were applied (duplicates and too-late events are not), so
+each shard batch pre-aggregates what it applied into small partials per window (one per
+minute and per five minutes it touched): per-event work is a few dict updates. A branch
+of the same dataflow merges the partials with bytewax's event-time tumbling windows
+(``fold_window`` with an :class:`EventClock`) and turns every closed window into a
+delta of a ``global`` entity, written to the store like customers and synced the same way:
+
+=============================== ======== ==================================================
+entity                          window   fields
+=============================== ======== ==================================================
+``global:revenue_per_minute``   1 min    ``series``: [{minute, revenue, orders}], last 60
+``global:active_customers``     1 min    ``series``: [{minute, customers}], last 60
+``global:events_per_minute``    1 min    ``series``: [{minute, events: {stream: n}}]
+``global:top_products``         5 min    ``window``, ``top``: [[product, units]] (10)
+``global:top_categories``       5 min    ``window``, ``top``: [[category, units]] (10)
+``global:trending_searches``    5 min    ``window``, ``top``: [[query, searches]] (10)
+``global:returns_rate``         5 min    ``window``, ``returns``, ``orders``, ``rate``
+=============================== ======== ==================================================
+
+Revenue is the total amount of orders placed (first event of each order id) in the
+minute; active customers are distinct customers with any applied event in the minute.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
+
+from c360.delta import Delta
+from c360.events import Event
+
+MINUTE = timedelta(minutes=1)
+FIVE = timedelta(minutes=5)
+ALIGN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+SERIES = 60  # windows kept per per-minute entity
+TOP = 10
+
+
+class Acc:
+    """What one window (or one batch's share of it) saw."""
+
+    __slots__ = ("start", "revenue", "orders", "customers", "streams", "products",
+                 "categories", "queries", "returns")
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.revenue = 0  # cents
+        self.orders = 0
+        self.customers: set[str] = set()
+        self.streams: Counter[str] = Counter()
+        self.products: Counter[str] = Counter()
+        self.categories: Counter[str] = Counter()
+        self.queries: Counter[str] = Counter()
+        self.returns = 0
+
+    def merge(self, other: Acc) -> Acc:
+        self.revenue += other.revenue
+        self.orders += other.orders
+        self.customers |= other.customers
+        self.streams.update(other.streams)
+        self.products.update(other.products)
+        self.categories.update(other.categories)
+        self.queries.update(other.queries)
+        self.returns += other.returns
+        return self
+
+
+def _floor(t: datetime, step: timedelta) -> datetime:
+    return ALIGN + ((t - ALIGN) // step) * step
+
+
+class Collector:
+    """Pre-aggregates the events one shard batch applied (used by :class:`c360.shard.Shard`)."""
+
+    __slots__ = ("minutes", "fives")
+
+    def __init__(self) -> None:
+        self.minutes: dict[datetime, Acc] = {}
+        self.fives: dict[datetime, Acc] = {}
+
+    def add(self, stream: str, kind: str, entity_id: str, event: Event,
+            changes: dict[str, Any]) -> None:
+        t = event.event_time
+        m = _floor(t, MINUTE)
+        acc = self.minutes.get(m)
+        if acc is None:
+            acc = self.minutes[m] = Acc(m)
+        acc.streams[stream] += 1
+        if kind != "customer":
+            return
+        acc.customers.add(entity_id)
+        if stream == "orders":
+            if "order_count" not in changes:  # a status update of a known order
+                return
+            acc.revenue += round(event.total_amount * 100)  # type: ignore[attr-defined]
+            acc.orders += 1
+            five = self._five(t)
+            five.orders += 1
+            for line in event.lines:  # type: ignore[attr-defined]
+                five.products[line.product_id] += line.quantity
+                if line.category:
+                    five.categories[line.category] += line.quantity
+        elif stream == "returns":
+            if "return_count" in changes:
+                self._five(t).returns += 1
+        elif (stream == "search" and event.event_type == "search"  # type: ignore[attr-defined]
+              and event.query):  # type: ignore[attr-defined]
+            self._five(t).queries[event.query] += 1  # type: ignore[attr-defined]
+
+    def _five(self, t: datetime) -> Acc:
+        f = _floor(t, FIVE)
+        acc = self.fives.get(f)
+        if acc is None:
+            acc = self.fives[f] = Acc(f)
+        return acc
+
+    def partials(self) -> list[tuple[str, Acc]]:
+        return [*(("minute", a) for a in self.minutes.values()),
+                *(("five", a) for a in self.fives.values())]
+
+
+class GlobalEntities:
+    """Turns closed windows into deltas of the ``global:*`` entities (versions, series)."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, int] = {}
+        self.series: dict[str, list[dict[str, Any]]] = {}
+
+    def _delta(self, entity_id: str, at: datetime, changes: dict[str, Any]) -> Delta:
+        version = self.versions.get(entity_id, 0) + 1
+        self.versions[entity_id] = version
+        return Delta(entity_id, "global", version, at, "analytics",
+                     f"{entity_id}:{at.isoformat()}", changes)
+
+    def _append(self, entity_id: str, item: dict[str, Any], at: datetime) -> Delta:
+        series = [*self.series.get(entity_id, ()), item][-SERIES:]
+        self.series[entity_id] = series
+        return self._delta(entity_id, at, {"series": series, "last": item})
+
+    def closed(self, key: str, acc: Acc) -> list[Delta]:
+        start = acc.start
+        if key == "minute":
+            end = start + MINUTE
+            return [
+                self._append("global:revenue_per_minute",
+                             {"minute": start, "revenue": acc.revenue / 100,
+                              "orders": acc.orders}, end),
+                self._append("global:active_customers",
+                             {"minute": start, "customers": len(acc.customers)}, end),
+                self._append("global:events_per_minute",
+                             {"minute": start, "events": dict(sorted(acc.streams.items()))},
+                             end),
+            ]
+        end = start + FIVE
+
+        def top(c: Counter[str]) -> list[list[Any]]:
+            return [[k, n] for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]]
+
+        return [
+            self._delta("global:top_products", end, {"window": start, "top": top(acc.products)}),
+            self._delta("global:top_categories", end,
+                        {"window": start, "top": top(acc.categories)}),
+            self._delta("global:trending_searches", end,
+                        {"window": start, "top": top(acc.queries)}),
+            self._delta("global:returns_rate", end, {
+                "window": start, "returns": acc.returns, "orders": acc.orders,
+                "rate": round(acc.returns / acc.orders, 4) if acc.orders else 0.0}),
+        ]
+
+
+def global_analytics(partials: Stream[tuple[str, Acc]],
+                     wait: timedelta = timedelta(hours=1)) -> Stream[list[Delta]]:
+    """Tumbling event-time windows over the shards' partials; deltas of global entities.
+
+    ``wait`` is how far event time must pass a window's end before it closes (bytewax's
+    ``wait_for_system_duration``): the allowed lateness of the analytics.
+    """
+    # Partials carry their window's start as timestamp, so a window gets exactly its own.
+    clock = EventClock(lambda a: a.start, wait_for_system_duration=wait)
+    minute = op.filter("minute_partials", partials, lambda kv: kv[0] == "minute")
+    five = op.filter("five_partials", partials, lambda kv: kv[0] == "five")
+    per_minute = fold_window("per_minute", minute, clock,
+                             TumblingWindower(length=MINUTE, align_to=ALIGN),
+                             lambda: None, _fold, _merge)
+    per_five = fold_window("per_five_minutes", five, clock,
+                           TumblingWindower(length=FIVE, align_to=ALIGN),
+                           lambda: None, _fold, _merge)
+    closed = op.merge("closed_windows", per_minute.down, per_five.down)
+    # closed: (window length key, (window id, Acc)); one key per window length
+    keyed = op.map("by_global", closed, lambda kv: ("global", (kv[0], kv[1][1])))
+    out = op.stateful_map("global_entities", keyed, _to_deltas)
+    return op.filter_map("global_deltas", out, lambda kv: kv[1] or None)
+
+
+def _to_deltas(state: GlobalEntities | None,
+               item: tuple[str, Acc | None]) -> tuple[GlobalEntities, list[Delta]]:
+    state = state or GlobalEntities()
+    key, acc = item
+    return state, [] if acc is None else state.closed(key, acc)
+
+
+def _fold(acc: Acc | None, part: Acc) -> Acc:
+    if acc is None:
+        fresh = Acc(part.start)
+        return fresh.merge(part)
+    return acc.merge(part)
+
+
+def _merge(a: Acc | None, b: Acc | None) -> Acc | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a.merge(b)

@@ -1,0 +1,148 @@
+"""What runs in the shard after an event is folded: windows, rules, segments, and the sweep.
+
+:class:`EntityHooks` is the one small hook :meth:`c360.shard.Shard.apply` calls. Per
+customer event it maintains the windows of relevance (:mod:`c360.windows`), computes
+the churn score, runs the rules (:mod:`c360.rules`) and the segments
+(:mod:`c360.segments`); it returns extra field changes (part of the event's delta),
+lifecycle notes (emitted right after that delta) and decisions (sent to the decisions
+topic). Per batch, :meth:`sweep` ages a bounded number of quiet customers to the
+shard's watermark, so decay, roll-up and eviction happen without events of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from c360 import rules as rules_mod
+from c360 import segments as segments_mod
+from c360 import windows as win
+from c360.entity import EntityState
+from c360.events import Event
+
+FIRED_MAX = 32  # decision keys remembered per customer for cool-downs
+DECISIONS_MAX = win.LIMITS["decisions"]
+
+
+class Changed(dict):
+    """The changes of this event, with ``before``: the values they replaced."""
+
+    __slots__ = ("before",)
+
+
+@dataclass
+class EntityHooks:
+    windows: bool = True
+    rules: bool = True
+    segments: bool = True
+    sweep_per_batch: int = 64  # entities looked at per batch by the sweep (bounded work)
+
+    def on_customer_event(self, state: EntityState, stream: str, entity_id: str, event: Event,
+                          changes: dict[str, Any], before: dict[str, Any],
+                          notes: win.Notes, decisions: list[rules_mod.Decision]) -> None:
+        """Update ``state.fields`` and ``changes`` in place; append notes and decisions."""
+        fields = state.fields
+        if self.windows:
+            w = state.windows
+            if w is None:
+                w = state.windows = win.Windows()
+            more = win.observe(w, stream, event, changes, fields, notes)
+            if more:
+                fields.update(more)
+                changes.update(more)
+        if self.rules:
+            score = rules_mod.churn_score(fields)
+            if score != fields.get("churn_risk"):
+                fields["churn_risk"] = changes["churn_risk"] = score
+            made = self._run_rules(state, stream, entity_id, event, changes, before, notes)
+            if made:
+                decisions.extend(made)
+                merged = [d.record() for d in made] + list(fields.get("decisions") or ())
+                # Newest first by event time: the same list whatever order decisions came in.
+                merged.sort(key=lambda d: (d["at"], d["rule"], d["key"]), reverse=True)
+                fields["decisions"] = changes["decisions"] = merged[:DECISIONS_MAX]
+        if self.segments:
+            self._segments(fields, changes, notes, swept=False)
+
+    def _run_rules(self, state: EntityState, stream: str, entity_id: str, event: Event,
+                   changes: dict[str, Any], before: dict[str, Any],
+                   notes: win.Notes) -> list[rules_mod.Decision]:
+        fields = state.fields
+        view = Changed(changes)
+        view.before = before
+        made: list[rules_mod.Decision] = []
+        opted_out: bool | None = None
+        for r in list(rules_mod.RULES.values()):
+            if r.streams is not None and stream not in r.streams:
+                continue
+            if r.marketing:
+                if opted_out is None:
+                    opted_out = rules_mod.opted_out(fields)
+                if opted_out:
+                    continue
+            d = r.fn(fields, view, event)
+            if d is None:
+                continue
+            key = f"{r.name}:{d.key}"
+            t = event.event_time.timestamp()
+            fired = state.fired
+            if fired is None:
+                fired = state.fired = {}
+            last = fired.get(key)
+            if last is not None and abs(t - last) < r.cooldown.total_seconds():
+                continue  # the same decision within its cool-down: not repeated
+            fired[key] = t
+            if len(fired) > FIRED_MAX:
+                del fired[min(fired, key=fired.__getitem__)]
+            d = _complete(d, r, entity_id, event)
+            made.append(d)
+            notes.append(("rule_fired", {"rule": r.name, "action": d.action}))
+            notes.append(("decision", d.record()))
+        return made
+
+    def _segments(self, fields: dict[str, Any], changes: dict[str, Any], notes: win.Notes,
+                  swept: bool) -> None:
+        current = fields.get("segments") or []
+        if swept:
+            new = sorted({*current, segments_mod.DORMANT})
+            new = None if new == current else new
+        else:
+            new = segments_mod.membership(fields, changes, current)
+        if new is None:
+            return
+        fields["segments"] = changes["segments"] = new
+        for name in sorted(set(new) - set(current)):
+            notes.append(("segment_entered", {"segment": name}))
+        for name in sorted(set(current) - set(new)):
+            notes.append(("segment_left", {"segment": name}))
+
+    def sweep(self, state: EntityState, watermark: datetime,
+              notes: win.Notes) -> dict[str, Any] | None:
+        """Age one quiet customer to ``watermark``; its changes, or None."""
+        w = state.windows
+        if not self.windows or w is None or w.now is None:
+            return None
+        quiet = watermark - w.now
+        if quiet < win.QUIET_AFTER or (w.quiet and win.day_of(watermark) <= w.day
+                                       and quiet < win.EVICTED.after):
+            return None
+        fields = state.fields
+        changes = win.sweep(w, watermark, fields, notes)
+        fields.update(changes)
+        if self.segments and quiet >= segments_mod.DORMANT_AFTER:
+            self._segments(fields, changes, notes, swept=True)
+        if quiet >= win.EVICTED.after:
+            state.seen.clear()  # duplicates of events this old are not expected any more
+        return changes or None
+
+
+def _complete(d: rules_mod.Decision, r: rules_mod.Rule, entity_id: str,
+              event: Event) -> rules_mod.Decision:
+    ids = [event.event_id, *(i for i in d.event_ids if i != event.event_id)]
+    return rules_mod.Decision(rule=r.name, action=d.action, reason=d.reason, fields=d.fields,
+                              event_ids=ids, at=event.event_time, customer_id=entity_id,
+                              key=d.key, marketing=r.marketing)
+
+
+ALLOWED_LATENESS = timedelta(hours=1)

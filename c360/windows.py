@@ -1,0 +1,381 @@
+"""Windows of relevance: how long each kind of detail stays in an entity, declared in one place.
+
+Data about a customer is worth keeping only for a while. :data:`RELEVANCE` names every
+field that is bounded, windowed, decayed, rolled up or evicted, and how; the helpers
+below maintain them. All of it runs in *event time*: an entity's "now" is the latest
+event time it has seen, never the wall clock, so results are deterministic.
+
+Each event touches O(1) state: it adds to one daily bucket and to the window sums that
+cover that day. Work proportional to the windows (re-summing buckets, rolling old days
+up into months, re-expressing decayed scores) happens once per entity per day of event
+time, when its day changes, or from the shard's sweep for customers who went quiet.
+
+Folds of several streams touching one field must not depend on which topic was read
+first. Every value here is a function of the set of events and of the entity's latest
+event time: buckets are integer sums (cents), windows are computed from buckets, and
+decayed scores are linear in their inputs, so any reading order gives the same fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from c360 import events as ev
+
+DAY_S = 86_400
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+# -- the declarations -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recent:
+    """A bounded list of the latest items, newest first."""
+
+    field: str
+    limit: int
+    source: str
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """A sum over the last ``days`` calendar days (UTC) of event time, today included."""
+
+    field: str
+    measure: str  # "spend" (payments, in money), "orders" or "returns" (counts)
+    days: int
+
+
+@dataclass(frozen=True)
+class Decayed:
+    """An exponentially decayed score per key; half of its weight goes every ``half_life``."""
+
+    field: str
+    half_life: timedelta
+    keep: int  # most keys kept (the strongest)
+    source: str
+
+
+@dataclass(frozen=True)
+class RolledUp:
+    """Daily buckets older than ``daily_days`` fold into months; months older than
+    ``months`` are forgotten."""
+
+    field: str
+    daily_days: int
+    months: int
+
+
+@dataclass(frozen=True)
+class Evicted:
+    """Detail dropped from customers quiet for ``after`` of event time (the summary stays)."""
+
+    fields: tuple[str, ...]
+    after: timedelta
+
+
+RECENT: tuple[Recent, ...] = (
+    Recent("recent_searches", 10, "search (search)"),
+    Recent("recent_views", 10, "search (view)"),
+    Recent("recent_locations", 10, "location"),
+    Recent("recent_orders", 10, "orders"),
+    Recent("recent_returns", 10, "returns"),
+    Recent("nearby_events", 5, "physical_events"),
+    Recent("decisions", 20, "rules"),
+)
+WINDOWED: tuple[Windowed, ...] = (
+    Windowed("spend_1d", "spend", 1),
+    Windowed("spend_7d", "spend", 7),
+    Windowed("spend_30d", "spend", 30),
+    Windowed("orders_1d", "orders", 1),
+    Windowed("orders_7d", "orders", 7),
+    Windowed("orders_30d", "orders", 30),
+    Windowed("orders_90d", "orders", 90),
+    Windowed("returns_90d", "returns", 90),
+)
+RATIOS: dict[str, tuple[str, str]] = {"returns_rate_90d": ("returns_90d", "orders_90d")}
+DECAYED: tuple[Decayed, ...] = (
+    Decayed("category_affinity", timedelta(days=14), 12, "views (1), units bought (3)"),
+    Decayed("brand_affinity", timedelta(days=14), 12, "views (1), units bought (3)"),
+    Decayed("social_sentiment", timedelta(days=7), 1, "social: decayed mean sentiment"),
+)
+ROLLED_UP = RolledUp("monthly_spend", daily_days=90, months=24)
+EVICTED = Evicted(("recent_searches", "recent_views", "recent_locations", "recent_orders",
+                   "recent_returns", "nearby_events", "last_social", "last_review"),
+                  after=timedelta(days=90))
+# A customer quiet this long is decayed and rolled forward by the shard's sweep.
+QUIET_AFTER = timedelta(days=1)
+
+RELEVANCE: tuple[Recent | Windowed | Decayed | RolledUp | Evicted, ...] = (
+    *RECENT, *WINDOWED, *DECAYED, ROLLED_UP, EVICTED)
+LIMITS: dict[str, int] = {r.field: r.limit for r in RECENT}
+_MEASURES = ("spend", "orders", "returns")
+_WINDOWS_OF = {m: tuple(w for w in WINDOWED if w.measure == m) for m in _MEASURES}
+_TAU = {d.field: d.half_life.total_seconds() / math.log(2) for d in DECAYED}
+_KEEP = {d.field: d.keep for d in DECAYED}
+
+
+def relevance_table() -> list[dict[str, Any]]:
+    """The declarations as rows (for docs and notebooks: ``pd.DataFrame(relevance_table())``)."""
+    rows: list[dict[str, Any]] = []
+    for r in RECENT:
+        rows.append({"field": r.field, "kind": "recent list", "keeps": f"last {r.limit}",
+                     "from": r.source})
+    for w in WINDOWED:
+        rows.append({"field": w.field, "kind": "event-time window",
+                     "keeps": f"{w.days} day(s) of daily buckets", "from": w.measure})
+    for name, (num, den) in RATIOS.items():
+        rows.append({"field": name, "kind": "ratio", "keeps": f"{num} / {den}", "from": ""})
+    for d in DECAYED:
+        rows.append({"field": d.field, "kind": "decayed score",
+                     "keeps": f"half-life {d.half_life.days} days, top {d.keep}",
+                     "from": d.source})
+    rows.append({"field": ROLLED_UP.field, "kind": "roll-up",
+                 "keeps": f"days older than {ROLLED_UP.daily_days} -> months, "
+                          f"{ROLLED_UP.months} months", "from": "payments"})
+    rows.append({"field": ", ".join(EVICTED.fields), "kind": "evicted",
+                 "keeps": f"dropped after {EVICTED.after.days} quiet days", "from": ""})
+    return rows
+
+
+# -- the per-entity state -----------------------------------------------------------------------
+
+def day_of(t: datetime) -> int:
+    return int(t.timestamp() // DAY_S)
+
+
+def _month_of(day: int) -> str:
+    return (EPOCH + timedelta(days=day)).strftime("%Y-%m")
+
+
+class Windows:
+    """An entity's private window bookkeeping (kept in ``EntityState.windows``)."""
+
+    __slots__ = ("now", "day", "daily", "monthly", "scores", "refs", "quiet")
+
+    def __init__(self) -> None:
+        self.now: datetime | None = None  # latest event time of the entity
+        self.day = -1  # the day windows are computed at (today, or later after a sweep)
+        # measure -> day -> amount (cents for spend, counts otherwise)
+        self.daily: dict[str, dict[int, int]] = {}
+        self.monthly: dict[str, int] = {}  # "YYYY-MM" -> cents
+        self.scores: dict[str, dict[str, float]] = {}  # decayed field -> key -> value at ref
+        self.refs: dict[str, float] = {}  # decayed field -> time (epoch s) its values are at
+        self.quiet = False  # swept as quiet; cleared by the next event
+
+    def __getstate__(self) -> tuple:
+        return (self.now, self.day, self.daily, self.monthly, self.scores, self.refs, self.quiet)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.now, self.day, self.daily, self.monthly, self.scores, self.refs,
+         self.quiet) = state
+
+
+Notes = list[tuple[str, dict[str, Any]]]  # lifecycle events to emit: (type, detail)
+
+
+def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
+            fields: dict[str, Any], notes: Notes) -> dict[str, Any]:
+    """Fold one applied customer event into the windows; the fields that changed."""
+    out: dict[str, Any] = {}
+    t = event.event_time
+    if w.now is None or t > w.now:
+        w.now = t
+        w.quiet = False
+        today = day_of(t)
+        if today > w.day:
+            _advance(w, today, fields, out, notes)
+    day = day_of(t)
+    if stream == "payments":
+        _add(w, "spend", day, round(event.amount * 100), fields, out)  # type: ignore[attr-defined]
+    elif stream == "orders":
+        if "order_count" in changes:  # a new order, not a status update
+            _add(w, "orders", day, 1, fields, out)
+            for line in event.lines:  # type: ignore[attr-defined]
+                if line.category:
+                    _score(w, "category_affinity", line.category, 3.0 * line.quantity, t, out)
+                if line.brand:
+                    _score(w, "brand_affinity", line.brand, 3.0 * line.quantity, t, out)
+    elif stream == "returns":
+        if "return_count" in changes:
+            _add(w, "returns", day, 1, fields, out)
+    elif stream == "search":
+        e: ev.Search = event  # type: ignore[assignment]
+        if e.event_type == "view":
+            if e.category:
+                _score(w, "category_affinity", e.category, 1.0, t, out)
+            if e.brand:
+                _score(w, "brand_affinity", e.brand, 1.0, t, out)
+    elif stream == "social":
+        # A decayed mean: decayed sum of sentiment over decayed count.
+        _score(w, "social_sentiment", "sum", event.sentiment, t, None)  # type: ignore[attr-defined]
+        _score(w, "social_sentiment", "n", 1.0, t, None)
+        out["social_sentiment"] = _sentiment(w)
+    elif stream == "location":
+        item = {"latitude": event.latitude, "longitude": event.longitude,  # type: ignore
+                "city": event.city, "at": t}  # type: ignore[attr-defined]
+        out["recent_locations"] = _insert_by_time(fields.get("recent_locations"), item,
+                                                  LIMITS["recent_locations"])
+    return out
+
+
+def _insert_by_time(items: list | None, item: dict, limit: int) -> list:
+    """A new list, newest first by ``at``, at most ``limit`` long (late items land in place)."""
+    items = list(items or ())
+    i = 0
+    while i < len(items) and items[i]["at"] >= item["at"]:
+        i += 1
+    items.insert(i, item)
+    return items[:limit]
+
+
+def _add(w: Windows, measure: str, day: int, amount: int, fields: dict[str, Any],
+         out: dict[str, Any]) -> None:
+    if day <= w.day - ROLLED_UP.daily_days:  # older than any window: straight into its month
+        if measure == "spend":
+            month = _month_of(day)
+            w.monthly[month] = w.monthly.get(month, 0) + amount
+            out["monthly_spend"] = _monthly(w)
+        return
+    buckets = w.daily.setdefault(measure, {})
+    buckets[day] = buckets.get(day, 0) + amount
+    for win in _WINDOWS_OF[measure]:
+        if day > w.day - win.days:
+            cur = out.get(win.field, fields.get(win.field, 0))
+            out[win.field] = _publish(measure, _raw(measure, cur) + amount)
+    if measure in ("orders", "returns"):
+        _ratios(fields, out)
+
+
+def _raw(measure: str, value: float | int) -> int:
+    return round(value * 100) if measure == "spend" else int(value)
+
+
+def _publish(measure: str, raw: int) -> float | int:
+    return raw / 100 if measure == "spend" else raw
+
+
+def _ratios(fields: dict[str, Any], out: dict[str, Any]) -> None:
+    for name, (num, den) in RATIOS.items():
+        n = out.get(num, fields.get(num, 0))
+        d = out.get(den, fields.get(den, 0))
+        value = round(n / d, 4) if d else 0.0
+        if value != fields.get(name):
+            out[name] = value
+
+
+def _monthly(w: Windows) -> dict[str, float]:
+    return {m: w.monthly[m] / 100 for m in sorted(w.monthly)}
+
+
+def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any],
+             notes: Notes) -> None:
+    """Move the entity's day forward: roll old days up, re-sum windows, re-express scores."""
+    w.day = today
+    oldest = today - ROLLED_UP.daily_days
+    rolled = 0
+    for measure, buckets in w.daily.items():
+        old = [d for d in buckets if d <= oldest]
+        for d in old:
+            amount = buckets.pop(d)
+            if measure == "spend":
+                month = _month_of(d)
+                w.monthly[month] = w.monthly.get(month, 0) + amount
+                rolled += 1
+    if len(w.monthly) > ROLLED_UP.months:
+        gone = sorted(w.monthly)[: len(w.monthly) - ROLLED_UP.months]
+        for m in gone:
+            del w.monthly[m]
+        notes.append(("forgotten", {"field": ROLLED_UP.field, "months": gone}))
+    if rolled:
+        out["monthly_spend"] = _monthly(w)
+        notes.append(("rolled_up", {"field": ROLLED_UP.field, "days": rolled}))
+    for measure in _MEASURES:
+        buckets = w.daily.get(measure, {})
+        for win in _WINDOWS_OF[measure]:
+            value = _publish(measure, sum(a for d, a in buckets.items() if d > today - win.days))
+            if value != fields.get(win.field, 0) or win.field not in fields:
+                out[win.field] = value
+    _ratios(fields, out)
+    # Scores are published as of the start of the entity's day at the earliest, so they
+    # fade day by day even while nothing new feeds them.
+    start = float(today * DAY_S)
+    decayed = []
+    for name in w.scores:
+        if w.refs[name] < start:
+            _rebase(w, name, start)
+            out[name] = _sentiment(w) if name == "social_sentiment" else _public(w, name)
+            decayed.append(name)
+    if decayed:
+        notes.append(("decayed", {"fields": decayed}))
+
+
+def _rebase(w: Windows, name: str, ref: float) -> None:
+    factor = math.exp(-(ref - w.refs[name]) / _TAU[name])
+    scores = w.scores[name]
+    for k in scores:
+        scores[k] *= factor
+    w.refs[name] = ref
+    if name != "social_sentiment":  # dust is not worth its memory (it is not published either)
+        for k in [k for k, v in scores.items() if v < 0.0005]:
+            del scores[k]
+
+
+def _score(w: Windows, name: str, key: str, weight: float, t: datetime,
+           out: dict[str, Any] | None) -> None:
+    ts = t.timestamp()
+    scores = w.scores.get(name)
+    if scores is None:
+        scores = w.scores[name] = {}
+        w.refs[name] = max(ts, float(w.day * DAY_S))
+    ref = w.refs[name]
+    if ts > ref:
+        _rebase(w, name, ts)
+        scores[key] = scores.get(key, 0.0) + weight
+    else:  # an older event counts for what is left of it now
+        scores[key] = scores.get(key, 0.0) + weight * math.exp(-(ref - ts) / _TAU[name])
+    keep = _KEEP[name]
+    if name != "social_sentiment" and len(scores) > 2 * keep:  # bounded: drop the weakest
+        for k, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[: len(scores) - keep]:
+            del scores[k]
+    if out is not None:
+        out[name] = _public(w, name)
+
+
+def _public(w: Windows, name: str) -> dict[str, float]:
+    """The strongest keys, rounded (so that float noise of the reading order never shows)."""
+    top = sorted(w.scores[name].items(), key=lambda kv: (-kv[1], kv[0]))[: _KEEP[name]]
+    return {k: round(v, 4) for k, v in top if v >= 0.001}
+
+
+def _sentiment(w: Windows) -> float:
+    s = w.scores.get("social_sentiment", {})
+    n = s.get("n", 0.0)
+    return round(s.get("sum", 0.0) / n, 4) if n > 1e-9 else 0.0
+
+
+def sweep(w: Windows, watermark: datetime, fields: dict[str, Any],
+          notes: Notes) -> dict[str, Any]:
+    """Age a quiet customer's windows to the shard's watermark; evict detail when dormant.
+
+    Called by the shard for entities whose latest event is at least
+    :data:`QUIET_AFTER` behind the watermark: their spend windows, decayed scores and
+    roll-ups must move on although no event of theirs arrives.
+    """
+    out: dict[str, Any] = {}
+    today = day_of(watermark)
+    if today > w.day:
+        _advance(w, today, fields, out, notes)
+    if w.now is not None and watermark - w.now >= EVICTED.after:
+        dropped = [f for f in EVICTED.fields if fields.get(f) is not None]
+        if dropped or w.daily:
+            for f in dropped:
+                out[f] = None  # None in a delta: the field was forgotten
+            w.daily.clear()
+            notes.append(("evicted", {"fields": dropped,
+                                      "quiet_days": (watermark - w.now).days}))
+    w.quiet = True
+    return out
