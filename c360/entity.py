@@ -16,6 +16,7 @@ import msgspec
 
 from c360 import commands
 from c360 import events as ev
+from c360.windows import LIMITS  # how much detail each recent list keeps: declared there
 
 Changes = dict[str, Any]
 
@@ -117,7 +118,7 @@ def fold_order(s: EntityState, e: ev.Order) -> Changes | None:
         "items_bought": f.get("items_bought", 0) + sum(line.quantity for line in e.lines),
         "orders_value": _money(f.get("orders_value", 0.0), e.total_amount),
         "last_order_at": _later(f.get("last_order_at"), e.order_date),
-        "recent_orders": _push(f.get("recent_orders"), summary),
+        "recent_orders": _push(f.get("recent_orders"), summary, LIMITS["recent_orders"]),
     }
     cart = _mark_cart(s, [line.product_id for line in e.lines], e.order_date, LEFT)
     if cart is not None:
@@ -169,7 +170,8 @@ def fold_return(s: EntityState, e: ev.Return) -> Changes | None:
                                        if x["return_id"] == e.return_id else x for x in recent]}
     item = {"return_id": e.return_id, "order_id": e.order_id, "product_id": e.product_id,
             "reason": e.reason, "status": e.status, "at": e.event_time}
-    return {"return_count": f.get("return_count", 0) + 1, "recent_returns": _push(recent, item)}
+    return {"return_count": f.get("return_count", 0) + 1,
+            "recent_returns": _push(recent, item, LIMITS["recent_returns"])}
 
 
 def fold_loyalty(s: EntityState, e: ev.Loyalty) -> Changes | None:
@@ -188,10 +190,11 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
         return {"search_count": f.get("search_count", 0) + 1,
                 "recent_searches": _push(f.get("recent_searches"),
                                          {"query": e.query, "results": e.results,
-                                          "at": e.event_time})}
+                                          "at": e.event_time}, LIMITS["recent_searches"])}
     if e.event_type == "view":
         return {"recent_views": _push(f.get("recent_views"),
-                                      {"product_id": e.product_id, "at": e.event_time})}
+                                      {"product_id": e.product_id, "at": e.event_time},
+                                      LIMITS["recent_views"])}
     action = ADDED if e.event_type == "add_to_cart" else LEFT
     cart = _mark_cart(s, [e.product_id], e.event_time, action)
     return None if cart is None else {"cart": cart}
@@ -270,7 +273,7 @@ def fold_weather(s: EntityState, e: ev.Weather) -> Changes | None:
 def fold_physical_event(s: EntityState, e: ev.PhysicalEvent) -> Changes:
     item = {"venue_event_id": e.venue_event_id, "kind": e.kind, "name": e.name,
             "venue": e.venue, "starts_at": e.starts_at, "distance_km": e.distance_km}
-    return {"nearby_events": _push(s.fields.get("nearby_events"), item, 5)}
+    return {"nearby_events": _push(s.fields.get("nearby_events"), item, LIMITS["nearby_events"])}
 
 
 def fold_tp_purchase(s: EntityState, e: ev.ThirdPartyPurchase) -> Changes:

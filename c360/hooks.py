@@ -38,6 +38,17 @@ class EntityHooks:
     segments: bool = True
     sweep_per_batch: int = 64  # entities looked at per batch by the sweep (bounded work)
 
+    def __post_init__(self) -> None:
+        self._cache: dict[str, Any] = {}  # stream -> rules to run (see rules.rules_for)
+        self._generation = -1
+
+    def __getstate__(self) -> dict[str, Any]:  # the cache is rebuilt, never pickled
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     def on_customer_event(self, state: EntityState, stream: str, entity_id: str, event: Event,
                           changes: dict[str, Any], before: dict[str, Any],
                           notes: win.Notes, decisions: list[rules_mod.Decision]) -> None:
@@ -51,10 +62,13 @@ class EntityHooks:
             if more:
                 fields.update(more)
                 changes.update(more)
+        if "as_of_day" in changes:  # a new day: forget bookkeeping past its relevance
+            _forget(state, event.event_time)
         if self.rules:
-            score = rules_mod.churn_score(fields)
-            if score != fields.get("churn_risk"):
-                fields["churn_risk"] = changes["churn_risk"] = score
+            if not rules_mod.CHURN_INPUTS.isdisjoint(changes):
+                score = rules_mod.churn_score(fields)
+                if score != fields.get("churn_risk"):
+                    fields["churn_risk"] = changes["churn_risk"] = score
             made = self._run_rules(state, stream, entity_id, event, changes, before, notes)
             if made:
                 decisions.extend(made)
@@ -73,9 +87,16 @@ class EntityHooks:
         view.before = before
         made: list[rules_mod.Decision] = []
         opted_out: bool | None = None
-        for r in list(rules_mod.RULES.values()):
-            if r.streams is not None and stream not in r.streams:
-                continue
+        if self._generation != rules_mod.generation:
+            self._cache.clear()
+            self._generation = rules_mod.generation
+        always, triggered = rules_mod.rules_for(stream, self._cache)
+        run = always
+        if triggered:
+            more = [r for r in triggered if not r.when.isdisjoint(changes)]  # type: ignore
+            if more:
+                run = [*always, *more]
+        for r in run:
             if r.marketing:
                 if opted_out is None:
                     opted_out = rules_mod.opted_out(fields)
@@ -135,6 +156,32 @@ class EntityHooks:
         if quiet >= win.EVICTED.after:
             state.seen.clear()  # duplicates of events this old are not expected any more
         return changes or None
+
+
+SETTLED = frozenset({"delivered", "canceled", "cancelled"})  # no status update follows
+FORGET_AFTER = timedelta(days=30)
+
+
+def _forget(state: EntityState, now: datetime) -> None:
+    """Once a day per customer: drop cool-down keys past the longest cool-down, settled
+    orders that left the recent list and cart marks of products that left the cart long
+    ago. Each is bounded in count already; this bounds them in time too, so a customer's
+    memory stops growing long before the counts are reached."""
+    horizon = (now - FORGET_AFTER).timestamp()
+    fired = state.fired
+    if fired:
+        for k in [k for k, t in fired.items() if t < horizon]:
+            del fired[k]
+    orders = state.orders
+    if len(orders) > win.LIMITS["recent_orders"]:
+        recent = {o["order_id"] for o in state.fields.get("recent_orders") or ()}
+        for k in [k for k, s in orders.items() if s in SETTLED and k not in recent]:
+            del orders[k]
+    marks = state.cart_marks
+    if marks:
+        old = now - FORGET_AFTER
+        for k in [k for k, (t, action) in marks.items() if action == 0 and t < old]:
+            del marks[k]
 
 
 def _complete(d: rules_mod.Decision, r: rules_mod.Rule, entity_id: str,

@@ -75,35 +75,61 @@ class Rule:
     cooldown: timedelta
     marketing: bool  # offers and nudges: never for customers who opted out
     streams: frozenset[str] | None  # evaluate only on events of these streams (None: all)
+    when: frozenset[str] | None  # ... or only when one of these fields changed (None: always)
 
 
 RULES: dict[str, Rule] = {}
+generation = 0  # bumped at every change of RULES, so that per-stream caches refresh
 _lock = threading.Lock()
 
 
 def register(name: str, fn: RuleFn, *, cooldown: timedelta = timedelta(days=1),
-             marketing: bool = False, streams: Iterable[str] | None = None) -> Rule:
-    """Add (or replace) a rule; it runs from the next event on."""
-    r = Rule(name, fn, cooldown, marketing, frozenset(streams) if streams is not None else None)
+             marketing: bool = False, streams: Iterable[str] | None = None,
+             when: Iterable[str] | None = None) -> Rule:
+    """Add (or replace) a rule; it runs from the next event on.
+
+    ``streams`` and ``when`` only make it cheaper: the rule runs for events of those
+    streams, or that changed one of those fields (either one matching is enough).
+    """
+    r = Rule(name, fn, cooldown, marketing, frozenset(streams) if streams is not None else None,
+             frozenset(when) if when is not None else None)
+    global generation
     with _lock:
         RULES[name] = r
+        generation += 1
     return r
 
 
 def unregister(name: str) -> None:
+    global generation
     with _lock:
         RULES.pop(name, None)
+        generation += 1
 
 
 def rule(name: str, *, cooldown: timedelta = timedelta(days=1), marketing: bool = False,
-         streams: Iterable[str] | None = None) -> Callable[[RuleFn], RuleFn]:
+         streams: Iterable[str] | None = None,
+         when: Iterable[str] | None = None) -> Callable[[RuleFn], RuleFn]:
     """Decorator form of :func:`register`."""
 
     def wrap(fn: RuleFn) -> RuleFn:
-        register(name, fn, cooldown=cooldown, marketing=marketing, streams=streams)
+        register(name, fn, cooldown=cooldown, marketing=marketing, streams=streams, when=when)
         return fn
 
     return wrap
+
+
+def rules_for(stream: str, cache: dict[str, tuple[list[Rule], list[Rule]]]
+              ) -> tuple[list[Rule], list[Rule]]:
+    """(rules that always run for ``stream``, rules that run when their fields change)."""
+    got = cache.get(stream)
+    if got is None:
+        always = [r for r in RULES.values()
+                  if (r.streams is None and r.when is None)
+                  or (r.streams is not None and stream in r.streams)]
+        triggered = [r for r in RULES.values() if r not in always and r.when is not None]
+        got = cache[stream] = (always, triggered)
+    return got
 
 
 def opted_out(c: Fields) -> bool:
@@ -131,7 +157,8 @@ class Catalog:
 
     def __init__(self) -> None:
         self.products: dict[str, ProductInfo] = {}
-        self.restocks = 0  # grows at every "back in stock": lets customers skip re-checks
+        self.restocks = 0  # grows at every "back in stock"
+        self.last_restock: datetime | None = None  # event time of the latest one
 
     def observe(self, product_id: str, fields: Fields, changes: Fields,
                 event: ev.Event) -> None:
@@ -149,10 +176,13 @@ class Catalog:
                 p.restocked_at = event.event_time
                 p.restock_event = event.event_id
                 self.restocks += 1
+                if self.last_restock is None or event.event_time > self.last_restock:
+                    self.last_restock = event.event_time
 
     def clear(self) -> None:
         self.products.clear()
         self.restocks = 0
+        self.last_restock = None
 
 
 CATALOG = Catalog()
@@ -185,17 +215,25 @@ def km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 # -- derived scores ------------------------------------------------------------------------------
 
+CHURN_INPUTS = frozenset({"as_of_day", "last_order_at", "first_seen", "orders_30d", "orders_90d",
+                          "social_sentiment", "returns_rate_90d"})
+
+
 def churn_score(c: Fields) -> float:
-    """0 (engaged) .. 1 (about to leave), from recency, trend and mood, in event time."""
-    now = c.get("last_seen")
-    if now is None:
+    """0 (engaged) .. 1 (about to leave), from recency, trend and mood, in event time.
+
+    Recency counts whole days (to the entity's ``as_of_day``), so the score only moves
+    when a day passes or an input changes: it need not be recomputed on every event.
+    """
+    today = c.get("as_of_day")
+    if today is None:
         return 0.0
     last_order = c.get("last_order_at")
-    first = c.get("first_seen") or now
+    first = c.get("first_seen")
     if last_order is None:
-        recency = 0.5 if (now - first) > timedelta(days=30) else 0.0
+        recency = 0.5 if first is not None and (today - first.date()).days > 30 else 0.0
     else:
-        recency = min(1.0, (now - last_order) / timedelta(days=60))
+        recency = min(1.0, (today - last_order.date()).days / 60)
     slowing = 1.0 if c.get("orders_90d", 0) > 0 and c.get("orders_30d", 0) == 0 else 0.0
     mood = max(0.0, -float(c.get("social_sentiment") or 0.0))
     returns = min(1.0, float(c.get("returns_rate_90d") or 0.0))
@@ -204,7 +242,7 @@ def churn_score(c: Fields) -> float:
 
 # -- the built-in rules --------------------------------------------------------------------------
 
-@rule("churn_risk", cooldown=timedelta(days=30), marketing=True)
+@rule("churn_risk", cooldown=timedelta(days=30), marketing=True, when={"churn_risk"})
 def churn_risk(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     if "churn_risk" in changes and c["churn_risk"] >= 0.7:
         return decide("retention_offer", f"churn risk {c['churn_risk']:.2f} >= 0.70",
@@ -228,8 +266,10 @@ def loyalty_tier_change(c: Fields, changes: Fields, event: ev.Event) -> Decision
 @rule("wishlist_back_in_stock", cooldown=timedelta(days=7), marketing=True)
 def wishlist_back_in_stock(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     wishlist = c.get("wishlist")
-    if not wishlist:
+    if not wishlist or CATALOG.last_restock is None:
         return None
+    if event.event_time - CATALOG.last_restock > timedelta(days=3):
+        return None  # nothing came back lately: skip the wishlist scan
     now = event.event_time
     for pid in wishlist:
         p = CATALOG.products.get(pid)

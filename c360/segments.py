@@ -38,19 +38,24 @@ class Segment:
 
 
 SEGMENTS: dict[str, Segment] = {}
+_inputs: frozenset[str] = frozenset()  # every field some segment reads
 _lock = threading.Lock()
 
 
 def register(name: str, test: Callable[[Fields], bool], fields: Iterable[str]) -> Segment:
+    global _inputs
     s = Segment(name, test, frozenset(fields))
     with _lock:
         SEGMENTS[name] = s
+        _inputs = frozenset().union(*(x.fields for x in SEGMENTS.values()))
     return s
 
 
 def unregister(name: str) -> None:
+    global _inputs
     with _lock:
         SEGMENTS.pop(name, None)
+        _inputs = frozenset().union(*(x.fields for x in SEGMENTS.values()))
 
 
 def segment(name: str, *, fields: Iterable[str]) -> Callable[[Callable[[Fields], bool]],
@@ -81,14 +86,16 @@ def bargain_hunter(c: Fields) -> bool:
     return discounted / len(orders) >= 0.6
 
 
-@segment("new", fields=("first_seen", "last_seen"))
+@segment("new", fields=("first_seen", "as_of_day"))
 def new(c: Fields) -> bool:
-    first, now = c.get("first_seen"), c.get("last_seen")
-    return first is not None and now is not None and now - first <= timedelta(days=30)
+    first, today = c.get("first_seen"), c.get("as_of_day")
+    return first is not None and today is not None and (today - first.date()).days <= 30
 
 
 def membership(fields: Fields, changes: Fields, current: list[str]) -> list[str] | None:
     """The new ``segments`` list, or None when unchanged (only touched segments re-run)."""
+    if _inputs.isdisjoint(changes) and DORMANT not in current:
+        return None  # the common case: nothing any segment reads has changed
     members = set(current)
     members.discard(DORMANT)  # an event: the customer is not dormant any more
     for s in SEGMENTS.values():

@@ -33,11 +33,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 @dataclass(frozen=True)
 class Recent:
-    """A bounded list of the latest items, newest first."""
+    """A bounded list of the latest items, newest first, none older than ``max_age``."""
 
     field: str
     limit: int
     source: str
+    time_key: str = "at"  # the item's time, for max_age
+    max_age: timedelta = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,9 @@ RECENT: tuple[Recent, ...] = (
     Recent("recent_searches", 10, "search (search)"),
     Recent("recent_views", 10, "search (view)"),
     Recent("recent_locations", 10, "location"),
-    Recent("recent_orders", 10, "orders"),
-    Recent("recent_returns", 10, "returns"),
-    Recent("nearby_events", 5, "physical_events"),
+    Recent("recent_orders", 10, "orders", "order_date", timedelta(days=90)),
+    Recent("recent_returns", 10, "returns", "at", timedelta(days=90)),
+    Recent("nearby_events", 5, "physical_events", "starts_at", timedelta(days=1)),
     Recent("decisions", 20, "rules"),
 )
 WINDOWED: tuple[Windowed, ...] = (
@@ -122,8 +124,8 @@ def relevance_table() -> list[dict[str, Any]]:
     """The declarations as rows (for docs and notebooks: ``pd.DataFrame(relevance_table())``)."""
     rows: list[dict[str, Any]] = []
     for r in RECENT:
-        rows.append({"field": r.field, "kind": "recent list", "keeps": f"last {r.limit}",
-                     "from": r.source})
+        rows.append({"field": r.field, "kind": "recent list",
+                     "keeps": f"last {r.limit}, {r.max_age.days} days", "from": r.source})
     for w in WINDOWED:
         rows.append({"field": w.field, "kind": "event-time window",
                      "keeps": f"{w.days} day(s) of daily buckets", "from": w.measure})
@@ -275,6 +277,17 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
              notes: Notes) -> None:
     """Move the entity's day forward: roll old days up, re-sum windows, re-express scores."""
     w.day = today
+    # The day windows are computed at; rules and segments that depend on the passing of
+    # time (churn, "new") re-run when it changes rather than on every event.
+    out["as_of_day"] = (EPOCH + timedelta(days=today)).date()
+    start_of_day = EPOCH + timedelta(days=today)
+    for r in RECENT:  # recent detail also has an age limit: bounded in time, not only count
+        items = fields.get(r.field)
+        if items:
+            oldest = start_of_day - r.max_age
+            kept = [i for i in items if i[r.time_key] >= oldest]
+            if len(kept) != len(items):
+                out[r.field] = kept
     oldest = today - ROLLED_UP.daily_days
     rolled = 0
     for measure, buckets in w.daily.items():
@@ -304,9 +317,12 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
     # fade day by day even while nothing new feeds them.
     start = float(today * DAY_S)
     decayed = []
-    for name in w.scores:
+    for name, scores in w.scores.items():
         if w.refs[name] < start:
             _rebase(w, name, start)
+            if name != "social_sentiment":  # dust is not worth its memory (nor published)
+                for k in [k for k, v in scores.items() if v < 0.0005]:
+                    del scores[k]
             out[name] = _sentiment(w) if name == "social_sentiment" else _public(w, name)
             decayed.append(name)
     if decayed:
@@ -319,9 +335,6 @@ def _rebase(w: Windows, name: str, ref: float) -> None:
     for k in scores:
         scores[k] *= factor
     w.refs[name] = ref
-    if name != "social_sentiment":  # dust is not worth its memory (it is not published either)
-        for k in [k for k, v in scores.items() if v < 0.0005]:
-            del scores[k]
 
 
 def _score(w: Windows, name: str, key: str, weight: float, t: datetime,

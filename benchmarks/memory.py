@@ -1,0 +1,105 @@
+"""Entity memory over a long accelerated simulation: does it stay flat after warm-up?
+
+Runs the simulated retailer (``c360.simulator.generate``) through the same shards the
+dataflow uses -- folds, first logic, windows of relevance, rules, segments and the
+sweep -- in event-time-accelerated mode (``--tick`` of event time per event), and
+samples the size of the entity state as it goes. Kafka and bytewax are left out on
+purpose: this measures what the entities hold, not the broker's or the runtime's buffers.
+
+    .venv/bin/python benchmarks/memory.py                  # 5M events, 100k customers
+    .venv/bin/python benchmarks/memory.py --events 500000 --customers 10000
+
+Reports, per sample: events, event time, customers, pickled state size (bytes per
+customer) and process RSS; at the end the growth of state size over the second half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import pickle
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from c360.hooks import EntityHooks  # noqa: E402
+from c360.logic import first_logic  # noqa: E402
+from c360.pipeline import tune_gc  # noqa: E402
+from c360.rules import Decision  # noqa: E402
+from c360.shard import Routed, Shard, shard_of  # noqa: E402
+from c360.simulator import generate  # noqa: E402
+
+SHARDS = 16
+BATCH = 2_000
+
+
+def state_bytes(shards: dict[str, Shard]) -> tuple[int, int]:
+    """Pickled size of all customer entity states, and how many customers there are."""
+    total = customers = 0
+    for shard in shards.values():
+        states = {k: v for k, v in shard.entities.items() if v.windows is not None}
+        customers += len(states)
+        total += len(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))
+    return total, customers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=5_000_000)
+    ap.add_argument("--customers", type=int, default=100_000)
+    ap.add_argument("--tick", type=float, default=3.0, help="seconds of event time per event")
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+
+    tune_gc()
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    shards = {f"{k}{i}": Shard(EntityHooks()) for k in "cp" for i in range(SHARDS)}
+    every = args.events // args.samples
+    proc = psutil.Process()
+    rows = []
+    decisions = 0
+    by_shard: dict[str, list[Routed]] = {}
+    began = time.process_time()
+    source = itertools.islice(generate(args.customers, args.seed, start,
+                                       tick=timedelta(seconds=args.tick)), args.events)
+    print(f"{'events':>10} {'event day':>10} {'customers':>10} {'state MB':>9} "
+          f"{'B/customer':>10} {'RSS MB':>8} {'CPU s':>7}", flush=True)
+    for n, (stream, key, event) in enumerate(source, 1):
+        kind = "product" if stream in ("products", "inventory") else "customer"
+        by_shard.setdefault(shard_of(kind, key, SHARDS), []).append(
+            Routed(stream, kind, key, event, ("sim", 0, n)))
+        if n % BATCH == 0 or n == args.events:
+            for sk, batch in by_shard.items():
+                made: list[Decision] = []
+                shards[sk].apply(batch, first_logic, made)
+                decisions += len(made)
+            by_shard = {}
+        if n % every == 0:
+            gc.collect()
+            size, customers = state_bytes(shards)
+            day = (event.event_time - start).days
+            row = (n, day, customers, size, size / max(customers, 1),
+                   proc.memory_info().rss, time.process_time() - began)
+            rows.append(row)
+            print(f"{n:>10,} {day:>10} {customers:>10,} {size / 1e6:>9.1f} "
+                  f"{size / max(customers, 1):>10,.0f} {row[5] / 1e6:>8.0f} {row[6]:>7.0f}",
+                  flush=True)
+    half = [r for r in rows if r[0] >= args.events // 2]
+    first, last = half[0], half[-1]
+    growth = (last[3] - first[3]) / first[3] * 100
+    per_customer = (last[4] - first[4]) / first[4] * 100
+    print(f"\nsecond half ({first[0]:,} -> {last[0]:,} events): entity state "
+          f"{first[3] / 1e6:.1f} -> {last[3] / 1e6:.1f} MB ({growth:+.1f}%), "
+          f"per customer {first[4]:,.0f} -> {last[4]:,.0f} B ({per_customer:+.1f}%); "
+          f"{decisions:,} decisions; {args.events / rows[-1][6]:,.0f} events per CPU-second")
+
+
+if __name__ == "__main__":
+    main()
