@@ -87,6 +87,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     show=not args.no_browser, sync_port=args.sync_port)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from c360.bench.runner import run_bench
+
+    sections = [int(x) for x in args.sections.split(",")] if args.sections else None
+    out = Path(args.out)
+    result = run_bench(quick=args.quick, out=out, sections=sections, peers=not args.no_peers,
+                       flink=args.flink, plots=Path(args.plots) if args.plots else None,
+                       progress=not args.quiet)
+    print(f"wrote {out} ({len(result['sections'])} sections)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="c360", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -134,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sync-port", type=int, default=0,
                    help="port of the sync WebSocket server (default: a free one)")
     d.set_defaults(func=_cmd_demo)
+    bn = sub.add_parser("bench", help="benchmarks: ratios to the Python limit, peers, latency")
+    bn.add_argument("--quick", action="store_true", help="every section at small scale")
+    bn.add_argument("--out", default="bench.json", metavar="PATH.json")
+    bn.add_argument("--sections", default=None, help="e.g. 1,2,4 (default: all six)")
+    bn.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots there")
+    bn.add_argument("--no-peers", action="store_true", help="skip Quix Streams and Pathway")
+    bn.add_argument("--flink", action=argparse.BooleanOptionalAction, default=None,
+                    help="run section 3's PyFlink leg (default: in full runs only)")
+    bn.add_argument("--quiet", action="store_true", help="no progress bar")
+    bn.set_defaults(func=_cmd_bench)
     return p
 
 

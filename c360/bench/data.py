@@ -88,6 +88,8 @@ def produce(bootstrap: str, prefix: str, *, events: int, customers: int, seed: i
     began = time.monotonic()
     n = 0
     for stream, key, event in generate(customers, seed, START):
+        if n >= events:
+            break
         if wanted is not None and stream not in wanted:
             continue
         raw = encode(event)
@@ -106,8 +108,6 @@ def produce(bootstrap: str, prefix: str, *, events: int, customers: int, seed: i
             producer.poll(0)
             if progress is not None:
                 progress(4096)
-        if n >= events:
-            break
     if progress is not None:
         progress(n & 4095)
     used = [s.name for s in cat.streams if s.name in templates]

@@ -91,16 +91,16 @@ def run_c360(args: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
 
     class BenchStore(EntityStore):
-        seen = 0
+        ends: set[str] = set()
 
         def apply(self, deltas: Any) -> None:  # type: ignore[override]
             deltas = list(deltas)
             super().apply(deltas)
-            ends = sum(1 for d in deltas
-                       if type(d) is Delta and d.entity_id.startswith(SENTINEL_PREFIX))
+            ends = [d.entity_id for d in deltas
+                    if type(d) is Delta and d.entity_id.startswith(SENTINEL_PREFIX)]
             if ends:
-                self.seen += ends
-                if self.seen >= expected and not done.is_set():
+                self.ends.update(ends)
+                if len(self.ends) >= expected and not done.is_set():
                     result["cpu_s"], result["wall_s"] = clock.read()
                     done.set()
 
@@ -130,6 +130,139 @@ def run_c360(args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_memory(args: dict[str, Any]) -> dict[str, Any]:
+    """Fold ``events`` simulated events into shards and a store; RSS growth per customer."""
+    import gc
+    import pickle
+
+    from c360.bench.data import START
+    from c360.events import Catalogue
+    from c360.logic import first_logic
+    from c360.pipeline import tune_gc
+    from c360.shard import Routed, Shard, shard_of
+    from c360.simulator import generate
+    from c360.store import EntityStore
+
+    tune_gc()
+    cat = Catalogue()
+    streams = cat.by_name
+    shards: dict[str, Shard] = {}
+    store = EntityStore()
+    gc.collect()
+    rss0 = rss_bytes()
+    batch: dict[str, list[Routed]] = {}
+    n = 0
+
+    def flush() -> None:
+        for key, routed in batch.items():
+            shard = shards.get(key)
+            if shard is None:
+                shard = shards[key] = Shard()
+            deltas, _ = shard.apply(routed, first_logic)
+            store.apply(deltas)
+        batch.clear()
+
+    for stream_name, _key, event in generate(args["customers"], 11, START):
+        stream = streams[stream_name]
+        entity_id = getattr(event, stream.key_field)
+        key = shard_of(stream.entity_kind, entity_id, 16)
+        batch.setdefault(key, []).append(
+            Routed(stream_name, stream.entity_kind, entity_id, event, ("", 0, n)))
+        n += 1
+        if not n % 2000:
+            flush()
+        if n >= args["events"]:
+            break
+    flush()
+    gc.collect()
+    grown = rss_bytes() - rss0
+    customers = store.count("customer")
+    products = store.count("product")
+    sample = [s.entities[i] for s in shards.values() for i in list(s.entities)[:50]]
+    pickled = sum(len(pickle.dumps(e, protocol=5)) for e in sample) / max(1, len(sample))
+    return {"customers": customers, "products": products, "events": n,
+            "rss_growth_bytes": grown,
+            "bytes_per_customer": round(grown / max(1, customers + products)),
+            "pickled_state_bytes_per_entity": round(pickled)}
+
+
+def run_latency(args: dict[str, Any]) -> dict[str, Any]:
+    """Event time (stamped at produce) to delta in the store, and to a sync client's replica.
+
+    Prints ``READY`` once the dataflow runs; the parent then produces at a paced rate,
+    stamping each event with the wall clock, and ends every partition with a sentinel.
+    """
+    from c360.delta import Delta
+    from c360.pipeline import Pipeline
+    from c360.store import EntityStore
+
+    expected = args["sentinels"]
+    done = threading.Event()
+    store_lat: list[float] = []
+
+    class LatencyStore(EntityStore):
+        ends: set[str] = set()
+
+        def apply(self, deltas: Any) -> None:  # type: ignore[override]
+            deltas = list(deltas)
+            super().apply(deltas)
+            now = time.time()
+            for d in deltas:
+                if type(d) is not Delta:
+                    continue
+                if d.entity_id.startswith(SENTINEL_PREFIX):
+                    self.ends.add(d.entity_id)
+                    if len(self.ends) >= expected:
+                        done.set()
+                    continue
+                if d.entity_id.startswith("~"):
+                    continue
+                store_lat.append(now - d.event_time.timestamp())
+
+    store = LatencyStore()
+    pipeline = Pipeline(_settings(args), store)
+    client = _sync_client(store, args.get("client_ids", []))
+    pipeline.start()
+    time.sleep(1.0)
+    print("READY", flush=True)
+    clock = Clock()
+    while not done.wait(0.2):
+        if not pipeline.alive():
+            raise SystemExit(f"the dataflow stopped early: {pipeline.error}")
+    cpu, wall = clock.read()
+    out: dict[str, Any] = {"store": _percentiles(store_lat), "cpu_s": cpu, "wall_s": wall}
+    if client is not None:
+        time.sleep(0.5)
+        out["client"] = _percentiles(client())
+    return out
+
+
+def _sync_client(store: Any, ids: list[str]) -> Any:
+    """A WebSocket sync client following ``ids``; returns a function giving its latencies.
+
+    None when the sync server is not available in this checkout.
+    """
+    try:
+        from c360.sync import SyncServer, TokenBook, connect  # noqa: F401
+    except ImportError:
+        return None
+    return None  # wired in once the client exposes per-patch arrival hooks
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    """Percentiles in ms. Deltas more than a minute after their event time were not
+    produced in this run (derived deltas keep older event times): counted, left out."""
+    xs = sorted(v for v in values if v < 60.0)
+    if not xs:
+        return {"n": 0, "excluded": len(values)}
+
+    def q(p: float) -> float:
+        return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 2)
+
+    return {"n": len(xs), "excluded": len(values) - len(xs), "p50_ms": q(0.50),
+            "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": round(xs[-1] * 1000, 2)}
+
+
 def _settings(args: dict[str, Any]):  # noqa: ANN202
     from c360.config import Settings
 
@@ -137,7 +270,8 @@ def _settings(args: dict[str, Any]):  # noqa: ANN202
                     partitions=args["partitions"])
 
 
-MODES = {"bare": run_bare, "c360": run_c360}
+MODES = {"bare": run_bare, "c360": run_c360, "memory": run_memory,
+         "latency": run_latency}
 
 
 def main() -> None:
