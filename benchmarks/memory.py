@@ -60,7 +60,10 @@ def main() -> None:
 
     tune_gc()
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    shards = {f"{k}{i}": Shard(EntityHooks()) for k in "cp" for i in range(SHARDS)}
+    # As in the dataflow (whose decoder checks the lateness): the simulator's late events
+    # are at most 15 minutes late and its duplicates come within 20 events.
+    hooks = EntityHooks(allowed_lateness=timedelta(hours=1))
+    shards = {f"{k}{i}": Shard(hooks) for k in "cp" for i in range(SHARDS)}
     every = args.events // args.samples
     proc = psutil.Process()
     rows = []
@@ -74,7 +77,7 @@ def main() -> None:
     for n, (stream, key, event) in enumerate(source, 1):
         kind = "product" if stream in ("products", "inventory") else "customer"
         by_shard.setdefault(shard_of(kind, key, SHARDS), []).append(
-            Routed(stream, kind, key, event, ("sim", 0, n)))
+            Routed(stream, kind, key, event, (stream, 0, n)))  # a topic per stream
         if n % BATCH == 0 or n == args.events:
             for sk, batch in by_shard.items():
                 made: list[Decision] = []

@@ -37,6 +37,9 @@ class EntityHooks:
     rules: bool = True
     segments: bool = True
     sweep_per_batch: int = 64  # entities looked at per batch by the sweep (bounded work)
+    # The decoder's allowed lateness, when it checks one: lets the entity forget the ids of
+    # events whose duplicates could only arrive too late to be applied anyway.
+    allowed_lateness: timedelta | None = None
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Any] = {}  # stream -> rules to run (see rules.rules_for)
@@ -51,8 +54,14 @@ class EntityHooks:
 
     def on_customer_event(self, state: EntityState, stream: str, entity_id: str, event: Event,
                           changes: dict[str, Any], before: dict[str, Any],
-                          notes: win.Notes, decisions: list[rules_mod.Decision]) -> None:
-        """Update ``state.fields`` and ``changes`` in place; append notes and decisions."""
+                          notes: win.Notes, decisions: list[rules_mod.Decision],
+                          where: tuple[str, int] | None = None,
+                          partitions: dict[tuple[str, int], float] | None = None) -> None:
+        """Update ``state.fields`` and ``changes`` in place; append notes and decisions.
+
+        ``where`` is the event's topic partition, ``partitions`` the shard's latest event
+        time per topic partition (to forget event ids safely, see :meth:`_remember`).
+        """
         fields = state.fields
         if self.windows:
             w = state.windows
@@ -62,6 +71,8 @@ class EntityHooks:
             if more:
                 fields.update(more)
                 changes.update(more)
+            if self.allowed_lateness is not None and partitions is not None and where:
+                self._remember(state, event, where, partitions, "as_of_day" in changes)
         if "as_of_day" in changes:  # a new day: forget bookkeeping past its relevance
             _forget(state, event.event_time)
         if self.rules:
@@ -78,6 +89,26 @@ class EntityHooks:
                 fields["decisions"] = changes["decisions"] = merged[:DECISIONS_MAX]
         if self.segments:
             self._segments(fields, changes, notes, swept=False)
+
+    def _remember(self, state: EntityState, event: Event, where: tuple[str, int],
+                  partitions: dict[tuple[str, int], float], new_day: bool) -> None:
+        """Keep this event's id with its topic partition and time; forget the ids that no
+        duplicate can need any more.
+
+        A duplicate comes on the same topic partition as its original. The shard's latest
+        event time of a partition is at most the partition's own, so once an original is
+        more than the allowed lateness behind it, the decoder sends any duplicate of it to
+        the late topic: its id need not be kept. (The count bound ``SEEN_EVENT_IDS``
+        stays.) A customer then keeps about one session's ids, not 64.
+        """
+        seen = state.seen
+        seen[event.event_id] = (where, event.event_time.timestamp())  # type: ignore[assignment]
+        # Amortised: on the entity's first event of a day, or every 4th id past 12.
+        if new_day or (len(seen) > 12 and len(seen) % 4 == 0):
+            lateness = self.allowed_lateness.total_seconds()  # type: ignore[union-attr]
+            for k in [k for k, v in seen.items()
+                      if v is not None and v[1] < partitions.get(v[0], 0.0) - lateness]:
+                del seen[k]
 
     def _run_rules(self, state: EntityState, stream: str, entity_id: str, event: Event,
                    changes: dict[str, Any], before: dict[str, Any],

@@ -59,7 +59,8 @@ class Shard:
     allowed lateness): decay, roll-up and eviction need no event of theirs.
     """
 
-    __slots__ = ("entities", "hooks", "watermark", "latest", "_cursor", "_lateness")
+    __slots__ = ("entities", "hooks", "watermark", "latest", "_cursor", "_lateness",
+                 "partitions")
 
     def __init__(self, hooks: EntityHooks | None = None,
                  allowed_lateness: timedelta = timedelta(hours=1)) -> None:
@@ -69,6 +70,8 @@ class Shard:
         self.watermark: datetime | None = None
         self._lateness = allowed_lateness
         self._cursor: list[str] = []  # ids still to visit in this round of the sweep
+        # (topic, partition) -> latest event time (epoch s) this shard saw from it
+        self.partitions: dict[tuple[str, int], float] = {}
 
     def __getstate__(self) -> tuple:
         return (self.entities, self.hooks, self.latest, self.watermark, self._lateness)
@@ -78,6 +81,7 @@ class Shard:
             state = (state, None, None, None, timedelta(hours=1))
         self.entities, self.hooks, self.latest, self.watermark, self._lateness = state
         self._cursor = []
+        self.partitions = {}  # starts afresh: ids are then kept a little longer, never less
 
     def apply(self, batch: list[Routed], logic: Logic | None,
               decisions: list[Decision] | None = None, collector: Collector | None = None
@@ -93,6 +97,7 @@ class Shard:
         hooks = self.hooks
         made: list[Decision] = [] if decisions is None else decisions
         latest = self.latest
+        partitions = self.partitions
         for r in batch:
             state = entities.get(r.entity_id)
             if state is None:
@@ -121,8 +126,12 @@ class Shard:
                         changes.update(derived)
                 if hooks is not None:
                     if r.kind == "customer":
+                        where = (r.origin[0], r.origin[1])
+                        ts = event.event_time.timestamp()
+                        if ts > partitions.get(where, 0.0):
+                            partitions[where] = ts
                         hooks.on_customer_event(state, r.stream, r.entity_id, event, changes,
-                                                before, notes, made)
+                                                before, notes, made, where, partitions)
                     else:
                         CATALOG.observe(r.entity_id, fields, changes, event)
             except Exception as exc:  # a bug in a fold or a rule must not stop the flow

@@ -187,7 +187,7 @@ def build_flow(
     without recovery, where it would discard them anyway.
     """
     catalogue = catalogue or Catalogue()
-    hooks = hooks if hooks is not None else EntityHooks()
+    hooks = hooks if hooks is not None else EntityHooks(allowed_lateness=allowed_lateness)
     flow = Dataflow(flow_id)
     polled = op.input("kafka_in", flow, source)
     # polled: list[confluent_kafka.Message], one poll of one partition index
