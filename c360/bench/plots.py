@@ -40,7 +40,7 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
         save(fig, "bench-throughput.png")
     s3 = s.get("3_streams", {})
     if s3.get("c360"):
-        rows = s3["c360"]
+        rows = [r for r in s3["c360"] if "error" not in r]
         fig, ax = plt.subplots(1, 2, figsize=(8, 3))
         ks = [r["streams"] for r in rows]
         ax[0].plot(ks, [r["events_per_cpu_s"] / 1000 for r in rows], "o-")

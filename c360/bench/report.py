@@ -57,6 +57,10 @@ def tables(r: dict[str, Any]) -> str:
                 "| latest records bytes | entity / latest |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for x in s3["c360"]:
+            if "error" in x:
+                out.append(f"| {x['streams']} | {x['events']:,} | — | failed: {x['error']} "
+                           "| | | | |")
+                continue
             out.append(f"| {x['streams']} | {x['events']:,} | {x['customers']:,} | "
                        f"{_k(x['events_per_cpu_s'])} | {x['throughput_vs_1_stream']} | "
                        f"{x['entity_json_bytes']:,.0f} | {x['latest_record_bytes']:,.0f} | "
