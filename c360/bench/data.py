@@ -54,10 +54,14 @@ class Dataset:
                 "produce_seconds": round(self.produce_seconds, 2)}
 
 
-def sentinel(stream_key_field: str, template: Event, topic: str, partition: int) -> Event:
-    """A valid event of the template's stream for the entity ``~end.<topic>.<partition>``."""
+def sentinel(stream_key_field: str, template: Event, topic: str, partition: int,
+             at: datetime | None = None) -> Event:
+    """A valid event of the template's stream for the entity ``~end.<topic>.<partition>``,
+    stamped ``at`` (the latest event time produced: an older one may fall outside a
+    relevance window and change nothing)."""
     entity = f"{SENTINEL_PREFIX}{topic}.{partition}"
     return msgspec.structs.replace(template, event_id=f"{entity}.sentinel",
+                                   event_time=at or template.event_time,
                                    **{stream_key_field: entity})
 
 
@@ -87,6 +91,7 @@ def produce(bootstrap: str, prefix: str, *, events: int, customers: int, seed: i
     topic_of = {s.name: s.topic for s in cat.streams}
     began = time.monotonic()
     n = 0
+    last: datetime | None = None
     for stream, key, event in generate(customers, seed, START):
         if n >= events:
             break
@@ -100,6 +105,8 @@ def produce(bootstrap: str, prefix: str, *, events: int, customers: int, seed: i
             except BufferError:
                 producer.poll(0.05)
         templates.setdefault(stream, event)
+        if last is None or event.event_time > last:
+            last = event.event_time
         per_stream[stream] = per_stream.get(stream, 0) + 1
         if track_latest and cat.by_name[stream].key_field == "customer_id":
             latest[(key, stream)] = len(raw)
@@ -115,7 +122,7 @@ def produce(bootstrap: str, prefix: str, *, events: int, customers: int, seed: i
     for s in used:
         key_field = cat.by_name[s].key_field
         for p in range(partitions):
-            ev = sentinel(key_field, templates[s], topic_of[s], p)
+            ev = sentinel(key_field, templates[s], topic_of[s], p, last)
             producer.produce(topic_of[s], encode(ev), getattr(ev, key_field).encode(),
                              partition=p)
     left = producer.flush(120)
