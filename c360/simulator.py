@@ -744,7 +744,9 @@ class Simulation:
         for p, q in lines:
             self._take_stock(p, q)
             yield self._inventory_event(p)
-        for pid in bought & set(c.wishlist):
+        for pid in sorted(bought & set(c.wishlist)):
+            if pid not in c.wishlist:  # another strand of this customer removed it meanwhile
+                continue
             c.wishlist.remove(pid)
             yield self._of("wishlist", c, ev.Wishlist, product_id=pid, action="removed")
         self._sleep(self._fulfil(c, order, points), rng.randint(100, 800))
