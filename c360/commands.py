@@ -40,12 +40,21 @@ class OptOutMarketing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+class SendOffer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An offer sent to the customer (the dashboard sends the next-best offer)."""
+
+    action: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
 COMMANDS: dict[str, type[msgspec.Struct]] = {
     "grant_points": GrantPoints,
     "add_note": AddNote,
     "mark_contacted": MarkContacted,
     "opt_out_marketing": OptOutMarketing,
+    "send_offer": SendOffer,
 }
+OFFERS_MAX = 20  # offers sent kept per customer, newest first
 
 
 def parse_args(name: str, args: dict[str, Any]) -> msgspec.Struct:
@@ -76,4 +85,7 @@ def changes_of(fields: dict[str, Any], name: str, args: msgspec.Struct, at: date
         return out
     if isinstance(args, OptOutMarketing):
         return {"marketing_opt_out": True}
+    if isinstance(args, SendOffer):
+        offer = {"action": args.action, "reason": args.reason, "by": issued_by, "at": at}
+        return {"offers_sent": [offer, *fields.get("offers_sent", ())][:OFFERS_MAX]}
     raise CommandError(f"no effect defined for command {name!r}")

@@ -75,15 +75,17 @@ class LocalReplica:
         df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
         return df.set_index("id", drop=False).rename_axis(None)
 
-    def command(self, entity: str, name: str, *, timeout: float = 30.0, **args: Any) -> int:
-        """Write a command to Kafka and wait until the dataflow applied it; its version."""
+    def command(self, entity: str, name: str, *, timeout: float = 30.0, issued_by: str = "local",
+                **args: Any) -> int:
+        """Write a command to Kafka and wait until the dataflow applied it; its version.
+        ``issued_by`` is recorded with the command (the dashboard passes its user)."""
         parse_args(name, args)
         if self.settings is None:
             raise C360Error("commands need Kafka: c360.local(store, settings)")
         from kafka import KafkaProducer
 
         event = Command(event_id=f"cmd-{uuid.uuid4().hex}", event_time=datetime.now(timezone.utc),
-                        customer_id=entity, name=name, args=args, issued_by="local")
+                        customer_id=entity, name=name, args=args, issued_by=issued_by)
         seen: list[int] = []
         done = threading.Event()
 
