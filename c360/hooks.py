@@ -103,11 +103,18 @@ class EntityHooks:
         """
         seen = state.seen
         seen[event.event_id] = (where, event.event_time.timestamp())  # type: ignore[assignment]
-        # Amortised: on the entity's first event of a day, or every 4th id past 12.
-        if new_day or (len(seen) > 12 and len(seen) % 4 == 0):
+        if len(seen) > 12 or new_day:
+            # Oldest first, stopping at the first id still needed: ids are kept in the order
+            # they were applied, which is nearly event-time order, so this looks at the
+            # expired ones and one more. (An id out of order is kept a little longer.)
             lateness = self.allowed_lateness.total_seconds()  # type: ignore[union-attr]
-            for k in [k for k, v in seen.items()
-                      if v is not None and v[1] < partitions.get(v[0], 0.0) - lateness]:
+            expired = []
+            for k, v in seen.items():
+                if v is not None and v[1] >= partitions.get(v[0], 0.0) - lateness:
+                    break
+                if v is not None:
+                    expired.append(k)
+            for k in expired:
                 del seen[k]
 
     def _run_rules(self, state: EntityState, stream: str, entity_id: str, event: Event,

@@ -184,13 +184,13 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
     """Fold one applied customer event into the windows; the fields that changed."""
     out: dict[str, Any] = {}
     t = event.event_time
+    ts = t.timestamp()
+    day = int(ts // DAY_S)
     if w.now is None or t > w.now:
         w.now = t
         w.quiet = False
-        today = day_of(t)
-        if today > w.day:
-            _advance(w, today, fields, out, notes)
-    day = day_of(t)
+        if day > w.day:
+            _advance(w, day, fields, out, notes)
     if stream == "payments":
         _add(w, "spend", day, round(event.amount * 100), fields, out)  # type: ignore[attr-defined]
     elif stream == "orders":
@@ -198,9 +198,9 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
             _add(w, "orders", day, 1, fields, out)
             for line in event.lines:  # type: ignore[attr-defined]
                 if line.category:
-                    _score(w, "category_affinity", line.category, 3.0 * line.quantity, t, out)
+                    _score(w, "category_affinity", line.category, 3.0 * line.quantity, ts, out)
                 if line.brand:
-                    _score(w, "brand_affinity", line.brand, 3.0 * line.quantity, t, out)
+                    _score(w, "brand_affinity", line.brand, 3.0 * line.quantity, ts, out)
     elif stream == "returns":
         if "return_count" in changes:
             _add(w, "returns", day, 1, fields, out)
@@ -208,13 +208,13 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
         e: ev.Search = event  # type: ignore[assignment]
         if e.event_type == "view":
             if e.category:
-                _score(w, "category_affinity", e.category, 1.0, t, out)
+                _score(w, "category_affinity", e.category, 1.0, ts, out)
             if e.brand:
-                _score(w, "brand_affinity", e.brand, 1.0, t, out)
+                _score(w, "brand_affinity", e.brand, 1.0, ts, out)
     elif stream == "social":
         # A decayed mean: decayed sum of sentiment over decayed count.
-        _score(w, "social_sentiment", "sum", event.sentiment, t, None)  # type: ignore[attr-defined]
-        _score(w, "social_sentiment", "n", 1.0, t, None)
+        _score(w, "social_sentiment", "sum", event.sentiment, ts, None)  # type: ignore[attr-defined]
+        _score(w, "social_sentiment", "n", 1.0, ts, None)
         out["social_sentiment"] = _sentiment(w)
     elif stream == "location":
         item = {"latitude": event.latitude, "longitude": event.longitude,  # type: ignore
@@ -337,9 +337,8 @@ def _rebase(w: Windows, name: str, ref: float) -> None:
     w.refs[name] = ref
 
 
-def _score(w: Windows, name: str, key: str, weight: float, t: datetime,
+def _score(w: Windows, name: str, key: str, weight: float, ts: float,
            out: dict[str, Any] | None) -> None:
-    ts = t.timestamp()
     scores = w.scores.get(name)
     if scores is None:
         scores = w.scores[name] = {}
