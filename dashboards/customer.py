@@ -1,0 +1,373 @@
+"""Customer 360 view: one customer's whole entity, live, with actions back to it.
+
+A periodic callback (every 100 ms) looks at the entity's version and redraws only when
+it moved, so a view redraws at most ten times a second however fast events arrive. A
+redraw touches only what changed: number widgets get a new ``value``, tables get cell
+patches and appended rows (:class:`~dashboards.tables.PatchedTable`), HTML cards are
+re-rendered only when one of their own fields changed, and changed values flash.
+
+Commands go the sync/command path: :meth:`c360.sync.LocalReplica.command` writes a
+``Command`` event to the commands topic and waits until the dataflow applied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+
+from c360.commands import CommandError
+from c360.config import Settings
+from c360.errors import C360Error
+from c360.store import EntityStore
+from c360.sync.auth import Scope
+from c360.sync.local import LocalReplica
+from dashboards.access import redact
+from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading, format_value
+from dashboards.tables import PatchedTable
+
+PERIOD_MS = 100  # at most ten redraws per second per view
+STRETCH = "stretch_width"
+KPIS = {"lifetime_value": ("Lifetime value", "{value:,.2f}"),
+        "spend_30d": ("Spend, 30 days", "{value:,.2f}"),
+        "spend_7d": ("Spend, 7 days", "{value:,.2f}"),
+        "orders_30d": ("Orders, 30 days", "{value:,}"),
+        "loyalty_points": ("Loyalty points", "{value:,}"),
+        "churn_risk": ("Churn risk", "{value:.2f}")}
+PROFILE = ("email", "phone", "gender", "birthdate", "address", "demographics",
+           "psychographics", "tp_purchase_count", "tp_spend", "marketing_opt_out",
+           "last_contacted_at", "last_contact_channel", "payment_count", "total_spent",
+           "last_payment", "review_count", "avg_review_score", "last_review", "weather",
+           "location", "social_sentiment", "last_social")
+CARD_FIELDS = ("name", "loyalty_tier", "segments", "version", "last_seen")
+OFFER_FIELDS = ("churn_risk", "decisions", "offers_sent")
+CHANNELS = ["email", "phone", "sms", "in store"]
+
+CSS = f"""
+.c360-c360 {{ font-family: system-ui, sans-serif; color: #0f172a; }}
+.c360-c360 .c360-name {{ font-size: 1.4em; font-weight: 600; }}
+.c360-c360 .c360-badge {{ background: {ACCENT}; color: white; border-radius: 999px;
+  padding: 1px 9px; font-size: 0.8em; margin-left: 6px; }}
+.c360-c360 dl {{ display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px;
+  margin: 0; }}
+.c360-c360 dt {{ color: #475569; }}
+.c360-c360 dd {{ margin: 0; overflow-wrap: anywhere; }}
+.c360-flash {{ animation: c360-flash 1.5s ease-out; border-radius: 3px; }}
+@keyframes c360-flash {{ from {{ background: #fde68a; }} to {{ background: transparent; }} }}
+"""
+
+_replicas: dict[int, LocalReplica] = {}
+_replica_lock = threading.Lock()
+
+
+def replica_for(store: EntityStore, settings: Settings | None) -> LocalReplica:
+    """One command replica per store and process (each holds a store subscription)."""
+    with _replica_lock:
+        r = _replicas.get(id(store))
+        if r is None or r.store is not store:
+            r = _replicas[id(store)] = LocalReplica(store, settings)
+        return r
+
+
+def next_best_offer(entity: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The newest offer decision (decisions are kept newest first)."""
+    for d in entity.get("decisions") or ():
+        if "offer" in str(d.get("action", "")):
+            return d
+    return None
+
+
+def _dl(entity: Mapping[str, Any], fields: tuple[str, ...], changed: set[str]) -> str:
+    rows = []
+    for f in fields:
+        if f not in entity:
+            continue
+        cls = ' class="c360-flash"' if f in changed else ""
+        rows.append(f'<dt>{html.escape(f)}</dt><dd data-field="{html.escape(f)}"{cls}>'
+                    f"{html.escape(format_value(entity[f]))}</dd>")
+    return "<dl>" + "".join(rows) + "</dl>"
+
+
+def card_html(entity: Mapping[str, Any], changed: set[str]) -> str:
+    flash = {f: ' class="c360-flash"' if f in changed else "" for f in CARD_FIELDS}
+    esc = html.escape
+    tier = entity.get("loyalty_tier")
+    badges = "".join(f'<span class="c360-badge">{esc(str(s))}</span>'
+                     for s in ([tier] if tier else []) + list(entity.get("segments") or ()))
+    return (f'<div class="c360-c360" data-customer="{esc(entity["id"])}">'
+            f'<div class="c360-name"><span{flash["name"]} id="c360-name">'
+            f'{esc(str(entity.get("name", "")))}</span>{badges}</div>'
+            f'<div>id <code class="c360-id">{esc(entity["id"])}</code> · version '
+            f'<b class="c360-v" id="c360-v">{entity["version"]}</b> · last seen '
+            f'<span{flash["last_seen"]}>{esc(format_value(entity.get("last_seen")))}</span>'
+            "</div></div>")
+
+
+def offer_html(entity: Mapping[str, Any], changed: set[str]) -> str:
+    esc = html.escape
+    risk = entity.get("churn_risk")
+    churn = [d for d in entity.get("decisions") or () if d.get("rule") == "churn_risk"]
+    why = (f"{esc(churn[0]['reason'])} (fields: {esc(', '.join(churn[0]['fields']))})"
+           if churn else "inputs: last order, orders in 30 days, social sentiment")
+    flash = ' class="c360-flash"' if "churn_risk" in changed else ""
+    parts = [f'<div class="c360-c360"><p><b>Churn risk</b> <span{flash} class="c360-churn">'
+             f"{'' if risk is None else f'{risk:.2f}'}</span> — {why}</p>"]
+    offer = next_best_offer(entity)
+    flash = ' class="c360-flash"' if "decisions" in changed else ""
+    if offer:
+        parts.append(f'<p><b>Next-best offer</b> <span{flash} class="c360-offer">'
+                     f"<code>{esc(offer['action'])}</code></span>: {esc(offer['reason'])}"
+                     f"<br><small>because of {esc(', '.join(offer.get('fields', [])))}"
+                     "</small></p>")
+    else:
+        parts.append("<p><b>Next-best offer</b> <i>none yet</i></p>")
+    sent = entity.get("offers_sent") or ()
+    if sent:
+        flash = ' class="c360-flash"' if "offers_sent" in changed else ""
+        parts.append(f'<p><span{flash} class="c360-offers-sent">{len(sent)} offer(s) sent'
+                     f", last <code>{esc(sent[0]['action'])}</code> by "
+                     f"{esc(str(sent[0]['by']))}</span></p>")
+    return "".join(parts) + "</div>"
+
+
+def _rows(items: Any, keys: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [tuple(format_value(i.get(k)) for k in keys) for i in items or () if
+            isinstance(i, Mapping)]
+
+
+class CustomerView(pn.viewable.Viewer):
+    """The 360 view of one customer, as ``scope`` may see it."""
+
+    def __init__(self, store: EntityStore, scope: Scope, user: str = "",
+                 settings: Settings | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        self.store, self.scope, self.user, self.settings = store, scope, user, settings
+        self.customer_id: str | None = None
+        self.redraws = 0
+        self._version = -1
+        self._shown: dict[str, Any] = {}
+        self.picker = pn.widgets.TextInput(name="Customer id", placeholder="cust-00042",
+                                           css_classes=["c360-customer-id"], width=220)
+        self.picker.param.watch(lambda e: self.open(e.new), "value")
+        self.card = pn.pane.HTML("<i>Pick a customer in the finder, or type an id.</i>",
+                                 stylesheets=[CSS], css_classes=["c360-card360"],
+                                 sizing_mode=STRETCH)
+        self.kpis = {f: pn.indicators.Number(
+            name=label, value=0, format=fmt, default_color=ACCENT, font_size="22pt",
+            title_size="10pt", css_classes=[f"c360-kpi-{f}"], sizing_mode=STRETCH,
+            styles={**PANEL_STYLE, "padding": "2px 10px"}) for f, (label, fmt) in KPIS.items()}
+        self.profile = pn.pane.HTML("", stylesheets=[CSS], css_classes=["c360-profile"],
+                                    sizing_mode=STRETCH)
+        self.offer = pn.pane.HTML("", stylesheets=[CSS], css_classes=["c360-offer-box"],
+                                  sizing_mode=STRETCH)
+        self.tables = {
+            "orders": PatchedTable(["order_id", "date", "status", "total", "lines"],
+                                   height=250, css_class="c360-orders"),
+            "wishlist": PatchedTable(["product", "name", "in stock", "status"], height=160,
+                                     css_class="c360-wishlist"),
+            "returns": PatchedTable(["order_id", "product_id", "reason", "status", "at"],
+                                    height=160, css_class="c360-returns"),
+            "searches": PatchedTable(["query", "results", "at"], height=200,
+                                     css_class="c360-searches"),
+            "views": PatchedTable(["product_id", "at"], height=200, css_class="c360-views"),
+            "locations": PatchedTable(["city", "latitude", "longitude", "at"], height=200,
+                                      css_class="c360-locations"),
+            "notes": PatchedTable(["text", "by", "at"], height=160, css_class="c360-notes"),
+            "fields": PatchedTable(["field", "value"], height=400, css_class="c360-fields"),
+        }
+        self.sentiment = hv.streams.Buffer(
+            pd.DataFrame({"time": pd.Series(dtype="datetime64[ns]"),
+                          "sentiment": pd.Series(dtype="float64")}), length=200, index=False)
+        ticks = _clock_ticks()
+        trend = hv.DynamicMap(lambda data: hv.Curve(data, "time", "sentiment").opts(
+            color=ACCENT, responsive=True, height=160, xformatter=ticks, ylim=(-1, 1),
+            xlabel="", show_grid=True), streams=[self.sentiment])
+        self.result = pn.pane.Alert("", alert_type="light", visible=False,
+                                    css_classes=["c360-command-result"], sizing_mode=STRETCH)
+        self._layout = pn.Column(
+            pn.Row(self.picker, styles=PANEL_STYLE, sizing_mode=STRETCH),
+            pn.Column(self.card, styles=PANEL_STYLE, sizing_mode=STRETCH, margin=(5, 8)),
+            pn.Row(*self.kpis.values(), sizing_mode=STRETCH),
+            pn.Row(self._box("Churn risk and next-best offer", self.offer, self._commands()),
+                   self._box("Profile, payments, reviews, location, third party",
+                             self.profile),
+                   sizing_mode=STRETCH),
+            pn.Row(self._box("Orders (with lines)", self.tables["orders"].widget),
+                   self._box("Wishlist and stock", self.tables["wishlist"].widget,
+                             _heading("Returns"), self.tables["returns"].widget),
+                   sizing_mode=STRETCH),
+            pn.Row(self._box("Recent searches", self.tables["searches"].widget),
+                   self._box("Recent views", self.tables["views"].widget),
+                   self._box("Location track", self.tables["locations"].widget),
+                   sizing_mode=STRETCH),
+            pn.Row(self._box("Social sentiment", pn.pane.HoloViews(trend, height=170,
+                                                                   sizing_mode=STRETCH)),
+                   self._box("Notes", self.tables["notes"].widget), sizing_mode=STRETCH),
+            pn.Card(self.tables["fields"].widget, title="All fields", collapsed=True,
+                    sizing_mode=STRETCH),
+            sizing_mode=STRETCH)
+
+    @staticmethod
+    def _box(title: str, *items: Any) -> pn.Column:
+        return pn.Column(_heading(title), *items, styles=PANEL_STYLE, sizing_mode=STRETCH,
+                         margin=(5, 8))
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout
+
+    # -- commands --------------------------------------------------------------------------
+    def _commands(self) -> pn.Column:
+        self.points = pn.widgets.IntInput(name="Points", value=100, start=1, width=110)
+        self.note = pn.widgets.TextInput(name="Note", placeholder="called about the return",
+                                         css_classes=["c360-note-text"], width=260)
+        self.channel = pn.widgets.Select(name="Channel", options=CHANNELS, width=120)
+        buttons = {
+            "grant_points": pn.widgets.Button(name="Grant points", button_type="primary",
+                                              css_classes=["c360-cmd-grant"], align="end"),
+            "add_note": pn.widgets.Button(name="Add note", button_type="primary",
+                                          css_classes=["c360-cmd-note"], align="end"),
+            "mark_contacted": pn.widgets.Button(name="Mark contacted", button_type="primary",
+                                                css_classes=["c360-cmd-contacted"],
+                                                align="end"),
+            "send_offer": pn.widgets.Button(name="Send the offer", button_type="success",
+                                            css_classes=["c360-cmd-offer"], align="end"),
+        }
+        for name, b in buttons.items():
+            allowed = self.scope.allows_command(name)
+            b.disabled = not allowed
+            if not allowed:
+                b.description = "not allowed by your scope"
+            b.on_click(lambda _, name=name: self._run_command(name))
+        self.buttons = buttons
+        return pn.Column(
+            pn.Row(self.points, buttons["grant_points"]),
+            pn.Row(self.note, buttons["add_note"]),
+            pn.Row(self.channel, buttons["mark_contacted"], buttons["send_offer"]),
+            self.result, sizing_mode=STRETCH)
+
+    def command_args(self, name: str) -> dict[str, Any]:
+        if name == "grant_points":
+            return {"points": int(self.points.value or 0), "reason": "dashboard"}
+        if name == "add_note":
+            return {"text": self.note.value_input or self.note.value}
+        if name == "mark_contacted":
+            return {"channel": self.channel.value}
+        offer = next_best_offer(self.store.get(self.customer_id or "") or {})
+        if offer is None:
+            raise CommandError("this customer has no next-best offer to send")
+        return {"action": offer["action"], "reason": offer["reason"]}
+
+    async def _run_command(self, name: str) -> None:
+        self._say(f"sending {name}…", "secondary")
+        try:
+            if not self.scope.allows_command(name):
+                raise CommandError(f"{name} is not allowed by your scope")
+            if not self.customer_id or self.customer_id not in self.store:
+                raise CommandError("no customer is open")
+            if self.settings is None:
+                raise C360Error("this server takes no commands (no Kafka)")
+            args = self.command_args(name)
+            replica = replica_for(self.store, self.settings)
+            version = await asyncio.to_thread(replica.command, self.customer_id, name,
+                                              issued_by=self.scope.name or self.user, **args)
+        except C360Error as exc:
+            self._say(f"{name} failed: {exc}", "danger")
+            return
+        self._say(f"{name} applied to {self.customer_id} at version {version}", "success")
+        self.refresh()
+
+    def _say(self, text: str, kind: str) -> None:
+        self.result.object = text
+        self.result.alert_type = kind
+        self.result.visible = True
+
+    # -- the customer ----------------------------------------------------------------------
+    def open(self, customer_id: str | None) -> None:
+        customer_id = (customer_id or "").strip() or None
+        if customer_id == self.customer_id:
+            return
+        self.customer_id, self._version, self._shown = customer_id, -1, {}
+        if self.picker.value != (customer_id or ""):
+            self.picker.value = customer_id or ""
+        self.sentiment.clear()
+        self.result.visible = False
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Redraw what changed since the last look; False when nothing did."""
+        eid = self.customer_id
+        if eid is None:
+            return False
+        raw = self.store.get(eid)
+        if raw is None or not self.scope.allows_entity(eid, raw):
+            if self._version != 0:
+                self._version = 0
+                what = "is not in your scope" if raw is not None else "does not exist (yet)"
+                self.card.object = (f'<div class="c360-c360">Customer '
+                                    f"<code>{html.escape(eid)}</code> {what}.</div>")
+            return False
+        if raw["version"] == self._version:
+            return False
+        entity = redact(raw, self.scope)
+        old = self._shown
+        changed = {k for k, v in entity.items() if old and old.get(k) != v}
+        first = not old
+        self._draw(entity, changed, first)
+        self._shown, self._version = entity, raw["version"]
+        self.redraws += 1
+        return True
+
+    def _draw(self, e: dict[str, Any], changed: set[str], first: bool) -> None:
+        def moved(*fields: str) -> bool:
+            return first or any(f in changed for f in fields)
+
+        self.card.object = card_html(e, changed)
+        for f, w in self.kpis.items():
+            v = e.get(f)
+            v = 0 if v is None else v
+            if w.value != v:
+                w.value = v
+        if moved(*PROFILE):
+            self.profile.object = _dl(e, PROFILE, changed)
+        if moved(*OFFER_FIELDS):
+            self.offer.object = offer_html(e, changed)
+        t = self.tables
+        if moved("recent_orders"):
+            t["orders"].update([
+                (o.get("order_id", ""), format_value(o.get("order_date")), o.get("status", ""),
+                 format_value(o.get("total_amount")),
+                 ", ".join(f"{ln.get('quantity', 1)}× {ln.get('product_id')}"
+                           for ln in o.get("lines") or ()))
+                for o in e.get("recent_orders") or ()])
+        if moved("wishlist"):
+            t["wishlist"].update([self._wish(pid) for pid in e.get("wishlist") or ()])
+        if moved("recent_returns"):
+            t["returns"].update(_rows(e.get("recent_returns"),
+                                      ("order_id", "product_id", "reason", "status", "at")))
+        if moved("recent_searches"):
+            t["searches"].update(_rows(e.get("recent_searches"), ("query", "results", "at")))
+        if moved("recent_views"):
+            t["views"].update(_rows(e.get("recent_views"), ("product_id", "at")))
+        if moved("recent_locations"):
+            t["locations"].update(_rows(e.get("recent_locations"),
+                                        ("city", "latitude", "longitude", "at")))
+        if moved("notes"):
+            t["notes"].update(_rows(e.get("notes"), ("text", "by", "at")))
+        if moved("social_sentiment") and e.get("social_sentiment") is not None:
+            self.sentiment.send(pd.DataFrame({"time": [pd.Timestamp.now()],
+                                              "sentiment": [float(e["social_sentiment"])]}))
+        t["fields"].update([(k, format_value(v)) for k, v in sorted(e.items())
+                            if k not in ("kind",)])
+
+    def _wish(self, product_id: str) -> tuple[str, str, str, str]:
+        # Products are entities of their own (keyed by product id): stock is live there.
+        p = self.store.get(product_id) or {}
+        stock = p.get("total_stock")
+        status = "unknown" if stock is None else ("in stock" if stock > 0 else "out of stock")
+        return (product_id, str(p.get("name", "")), "" if stock is None else str(stock), status)

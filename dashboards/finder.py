@@ -1,0 +1,99 @@
+"""Customer finder: search by name, email or id, filter by segment, sort by value or risk.
+
+The list is the top N of the feed's customer table (refreshed once a second for all
+sessions), filtered per session and patched into the table. Without the PII scope names
+and emails are redacted and cannot be searched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import panel as pn
+
+from c360.sync.auth import REDACTED, Scope
+from dashboards.feed import Feed
+from dashboards.live import PANEL_STYLE
+from dashboards.tables import PatchedTable
+
+TOP_N = 50
+SORTS = {"Lifetime value": "lifetime_value", "Churn risk": "churn_risk"}
+ALL = "(all segments)"
+COLUMNS = ["id", "name", "email", "segments", "loyalty_tier", "lifetime_value", "churn_risk"]
+
+
+def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
+         sort: str = "lifetime_value", n: int = TOP_N) -> pd.DataFrame:
+    """The top ``n`` customers of ``table`` matching the search, as ``scope`` may see them."""
+    df = table
+    if scope.entities != "*":  # a scope limited to ids or a segment sees only those
+        df = df[[scope.allows_entity(i, {"segments": s.split(", ")})
+                 for i, s in zip(df["id"], df["segments"], strict=True)]]
+    if segment:
+        df = df[df["segments"].str.split(", ").map(lambda segs: segment in segs)]
+    text = text.strip().lower()
+    if text:
+        hit = df["id"].str.lower().str.contains(text, regex=False)
+        if scope.pii:  # searching by a field one may not see would reveal it
+            hit |= df["name"].str.lower().str.contains(text, regex=False)
+            hit |= df["email"].str.lower().str.contains(text, regex=False)
+        df = df[hit]
+    df = df.sort_values([sort, "id"], ascending=[False, True]).head(n)
+    df = df[COLUMNS].copy()
+    if not scope.pii:
+        df["name"] = REDACTED
+        df["email"] = REDACTED
+    return df
+
+
+class FinderPage(pn.viewable.Viewer):
+    """Search box, segment and sort pickers, and the live top-N table."""
+
+    def __init__(self, feed: Feed, scope: Scope, on_open: Callable[[str], None],
+                 **params: Any) -> None:
+        super().__init__(**params)
+        self.feed, self.scope, self._on_open = feed, scope, on_open
+        self._last: tuple[Any, ...] = ()
+        placeholder = "name, email or id" if scope.pii else "customer id (no PII scope)"
+        self.search = pn.widgets.TextInput(name="Search", placeholder=placeholder,
+                                           css_classes=["c360-search"], width=320)
+        self.segment = pn.widgets.Select(name="Segment", options=[ALL], value=ALL, width=200,
+                                         css_classes=["c360-segment"])
+        self.sort = pn.widgets.RadioButtonGroup(name="Sort by", options=list(SORTS),
+                                                value="Lifetime value", button_type="primary",
+                                                css_classes=["c360-sort"], align="end")
+        self.table = PatchedTable(COLUMNS, height=TOP_N * 30 + 40, css_class="c360-finder")
+        self.table.widget.on_click(self._clicked)
+        for w in (self.search, self.segment, self.sort):
+            w.param.watch(lambda _: self.refresh(force=True), "value")
+        self.count = pn.pane.Markdown("", css_classes=["c360-finder-count"])
+        self._layout = pn.Column(
+            pn.Row(self.search, self.segment, self.sort),
+            self.count,
+            pn.pane.Markdown("*Click a row to open the customer's 360 view.*"),
+            self.table.widget, styles=PANEL_STYLE, sizing_mode="stretch_width")
+        self.refresh()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout
+
+    def refresh(self, force: bool = False) -> None:
+        snap = self.feed.snapshot
+        key = (snap.at, self.search.value, self.segment.value, self.sort.value)
+        if key == self._last and not force:
+            return
+        self._last = key
+        options = [ALL, *snap.segments]
+        if self.segment.options != options:
+            self.segment.options = options
+        segment = "" if self.segment.value == ALL else self.segment.value
+        df = find(snap.table, self.scope, self.search.value, segment, SORTS[self.sort.value])
+        self.table.update(list(df.itertuples(index=False, name=None)))
+        self.count.object = f"{len(df)} shown of {snap.customers:,} customers"
+
+    def _clicked(self, event: Any) -> None:
+        rows = self.table.rows
+        if 0 <= event.row < len(rows):
+            self._on_open(rows[event.row][0])
