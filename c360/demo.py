@@ -11,7 +11,12 @@ Stdout carries two lines that scripts and tests rely on::
 
     c360 demo: broker pid 1234 at 127.0.0.1:40123
     c360 demo: live page at http://127.0.0.1:5006/live
+    c360 demo: dashboard at http://127.0.0.1:5006/app
     c360 demo: sync at ws://127.0.0.1:8765
+
+The dashboard asks for a login when ``C360_DASHBOARD_USERS`` names a Panel basic-auth
+user file ({user: password}; scopes from ``C360_DASHBOARD_SCOPES``); without it the demo
+is local and its dashboard sessions have full access.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from c360.sync import SyncServer, TokenBook
 log = logging.getLogger(__name__)
 
 PAGE = "live"
+DASHBOARD = "app"
 STOP_TIMEOUT = 20.0  # seconds each part gets to stop before we give up on it
 
 
@@ -119,6 +125,8 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
     # Panel and HoloViews take seconds to import: do it before anything is running.
     import panel as pn
 
+    from dashboards.access import FULL
+    from dashboards.app import app as dashboard
     from dashboards.live import app
 
     settings = settings or Settings.from_env()
@@ -153,11 +161,17 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         simulator.start()
 
         origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
-        server = pn.serve({PAGE: app}, port=port, address="127.0.0.1", websocket_origin=origins,
-                          show=False, threaded=True, title="c360 live", verbose=False)
+        users = os.environ.get("C360_DASHBOARD_USERS", "").strip()
+        auth: dict[str, Any] = ({"basic_auth": users, "cookie_secret": secrets.token_urlsafe(32)}
+                                if users else {})
+        pages = {PAGE: app, DASHBOARD: lambda: dashboard(anonymous=FULL)}
+        server = pn.serve(pages, port=port, address="127.0.0.1", websocket_origin=origins,
+                          show=False, threaded=True, title="c360 live", verbose=False, **auth)
         wait_for_port("127.0.0.1", port)  # the URL is printed only once it answers
         url = f"http://127.0.0.1:{port}/{PAGE}"
         say(f"live page at {url}")
+        say(f"dashboard at http://127.0.0.1:{port}/{DASHBOARD}"
+            + ("" if users else " (no login: set C360_DASHBOARD_USERS for one)"))
         say(f"sync at {sync.url}")
         say(f"{customers} customers at {rate:g} events/s; ready in "
             f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.")
