@@ -186,11 +186,16 @@ def run_memory(args: dict[str, Any]) -> dict[str, Any]:
             "pickled_state_bytes_per_entity": round(pickled)}
 
 
-def run_latency(args: dict[str, Any]) -> dict[str, Any]:
-    """Event time (stamped at produce) to delta in the store, and to a sync client's replica.
+def run_live(args: dict[str, Any]) -> dict[str, Any]:
+    """The dataflow fed live, for sections 4 and 6 (see :mod:`c360.bench.paced`).
 
-    Prints ``READY`` once the dataflow runs; the parent then produces at a paced rate,
-    stamping each event with the wall clock, and ends every partition with a sentinel.
+    Optionally serves its store over a sync server (``sync``) and the live Panel page
+    (``panel``). Protocol on stdout: ``READY {urls}`` once it runs (then it waits for ``GO``
+    on stdin, where its clock starts), ``DONE {report}`` when
+    every sentinel reached the store, then, after ``STOP`` on stdin, ``FINAL {report}`` with
+    the servers' statistics. Latency is event time (stamped at produce) to the delta being
+    applied in the store; with ``versions_out``, every delta's (entity, version, event time)
+    is written there for the client leg.
     """
     from c360.delta import Delta
     from c360.pipeline import Pipeline
@@ -199,6 +204,8 @@ def run_latency(args: dict[str, Any]) -> dict[str, Any]:
     expected = args["sentinels"]
     done = threading.Event()
     store_lat: list[float] = []
+    versions: dict[str, dict[int, float]] = {}
+    keep_versions = bool(args.get("versions_out"))
 
     class LatencyStore(EntityStore):
         ends: set[str] = set()
@@ -210,46 +217,107 @@ def run_latency(args: dict[str, Any]) -> dict[str, Any]:
             for d in deltas:
                 if type(d) is not Delta:
                     continue
-                if d.entity_id.startswith(SENTINEL_PREFIX):
-                    self.ends.add(d.entity_id)
+                eid = d.entity_id
+                if eid.startswith(SENTINEL_PREFIX):
+                    self.ends.add(eid)
                     if len(self.ends) >= expected:
                         done.set()
                     continue
-                if d.entity_id.startswith("~"):
+                if eid.startswith("~"):
                     continue
-                store_lat.append(now - d.event_time.timestamp())
+                ts = d.event_time.timestamp()
+                store_lat.append(now - ts)
+                if keep_versions:
+                    versions.setdefault(eid, {})[d.version] = ts
 
     store = LatencyStore()
     pipeline = Pipeline(_settings(args), store)
-    client = _sync_client(store, args.get("client_ids", []))
+    urls: dict[str, Any] = {}
+    sync = None
+    if args.get("sync"):
+        from c360.sync import SyncServer, TokenBook
+
+        sync = SyncServer(store, TokenBook.from_tokens({args["token"]: {"pii": True}})).start()
+        urls["sync_url"] = sync.url
+    if args.get("panel"):
+        urls["panel_url"] = _serve_panel(store)
     pipeline.start()
     time.sleep(1.0)
-    print("READY", flush=True)
+    print("READY " + json.dumps(urls), flush=True)
+    sys.stdin.readline()  # GO: the parent's clients are connected, it starts producing
+    applied0 = sum(store.stream_counts().values())
     clock = Clock()
+    threads0 = thread_cpu()
+    deadline = time.monotonic() + args.get("timeout", 600.0)
     while not done.wait(0.2):
         if not pipeline.alive():
             raise SystemExit(f"the dataflow stopped early: {pipeline.error}")
+        if time.monotonic() > deadline:  # the parent reads our line: it fails with this
+            print(f"TIMEOUT {len(store.ends)} of {expected} sentinels reached the store",
+                  flush=True)
+            os._exit(1)
     cpu, wall = clock.read()
-    out: dict[str, Any] = {"store": _percentiles(store_lat), "cpu_s": cpu, "wall_s": wall}
-    if client is not None:
-        time.sleep(0.5)
-        out["client"] = _percentiles(client())
+    threads = {k: round(v - threads0.get(k, 0.0), 3) for k, v in thread_cpu().items()}
+    report: dict[str, Any] = {
+        "store": percentiles(store_lat), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+        "thread_cpu_s": threads,
+        "applied": sum(store.stream_counts().values()) - applied0 - expected}
+    print("DONE " + json.dumps(report), flush=True)
+
+    def servers() -> dict[str, Any]:
+        out: dict[str, Any] = {"thread_cpu_s": {k: round(v - threads0.get(k, 0.0), 3)
+                                                for k, v in thread_cpu().items()}}
+        if sync is not None:
+            st = sync.stats()
+            out["sync"] = {"connections": st["connections"], "sent": sum(st["sent"]),
+                           "coalesced": sum(st["coalesced"]),
+                           "overflows": sum(st["overflows"]), "pending_now": sum(st["pending"])}
+        return out
+
+    # STATS (while the parent's clients are still connected) and STOP, from the parent.
+    while sys.stdin.readline().strip() == "STATS":
+        print("STATS " + json.dumps(servers()), flush=True)
+    final = servers()
+    if keep_versions:
+        with open(args["versions_out"], "w") as f:
+            json.dump(versions, f)
+    print("FINAL " + json.dumps(final), flush=True)
+    return final
+
+
+def _serve_panel(store: Any) -> str:
+    """The live page (dashboards/live.py) over ``store``, served like ``c360 demo`` does."""
+    import panel as pn
+
+    from c360 import live
+    from c360.broker import free_port, wait_for_port
+    from dashboards.live import app
+
+    live.set_shared(store)
+    port = free_port()
+    server = pn.serve({"live": app}, port=port, address="127.0.0.1", show=False,
+                      threaded=True, websocket_origin=[f"127.0.0.1:{port}"], verbose=False)
+    server.name = "panel-server"  # its CPU is reported under this name (thread_cpu)
+    wait_for_port("127.0.0.1", port)
+    return f"http://127.0.0.1:{port}/live"
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread group: Python threads by name, the rest as ``native``
+    (librdkafka, bytewax's runtime)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "native")
+        if name.startswith("Thread-"):  # tornado / Panel server and executor threads
+            name = "other-python"
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
     return out
 
 
-def _sync_client(store: Any, ids: list[str]) -> Any:
-    """A WebSocket sync client following ``ids``; returns a function giving its latencies.
-
-    None when the sync server is not available in this checkout.
-    """
-    try:
-        from c360.sync import SyncServer, TokenBook, connect  # noqa: F401
-    except ImportError:
-        return None
-    return None  # wired in once the client exposes per-patch arrival hooks
-
-
-def _percentiles(values: list[float]) -> dict[str, Any]:
+def percentiles(values: list[float]) -> dict[str, Any]:
     """Percentiles in ms. Deltas more than a minute after their event time were not
     produced in this run (derived deltas keep older event times): counted, left out."""
     xs = sorted(v for v in values if v < 60.0)
@@ -270,14 +338,14 @@ def _settings(args: dict[str, Any]):  # noqa: ANN202
                     partitions=args["partitions"])
 
 
-MODES = {"bare": run_bare, "c360": run_c360, "memory": run_memory,
-         "latency": run_latency}
+MODES = {"bare": run_bare, "c360": run_c360, "memory": run_memory, "live": run_live}
 
 
 def main() -> None:
     mode, raw = sys.argv[1], sys.argv[2]
     out = MODES[mode](json.loads(raw))
-    print(json.dumps(out), flush=True)
+    if mode != "live":  # the live worker speaks its own line protocol
+        print(json.dumps(out), flush=True)
     sys.stdout.flush()
     os._exit(0)  # no lingering threads (subscriptions, librdkafka) at exit
 
