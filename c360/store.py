@@ -175,6 +175,19 @@ class EntityStore:
     def __len__(self) -> int:
         return len(self._entities)
 
+    def wait_until(self, predicate: Callable[[EntityStore], bool], timeout: float = 30.0,
+                   what: str = "the condition") -> None:
+        """Block until ``predicate(store)`` holds (live pipelines, notebooks, tests).
+
+        Raises :class:`C360Error` naming ``what`` after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise C360Error(f"waited {timeout:.0f}s for {what}; the store holds "
+                                f"{len(self._entities)} entities")
+            time.sleep(0.02)
+
     def stream_counts(self) -> dict[str, int]:
         """Events applied so far, per stream (a copy)."""
         with self._lock:
