@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 from c360.config import Settings
@@ -70,11 +71,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from c360.pipeline import run_until_idle
+    from c360.events import Catalogue
+    from c360.hooks import EntityHooks
+    from c360.pipeline import Pipeline
 
     settings = _settings_with_cluster(args)
     settings.require_bootstrap()
-    store = run_until_idle(args.until_idle, settings, export=args.export, workers=args.workers)
+    changes = args.changes
+    if changes == "":  # --changes without a topic: the catalogue's
+        changes = Catalogue(settings.topic_prefix).changes_topic
+    addresses = [a for a in (args.addresses or "").split(";") if a]
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise C360Error(f"--process-id {args.process_id} is not an index of the "
+                        f"{len(addresses)} --addresses")
+    hooks = None
+    if args.no_sweep:
+        hooks = EntityHooks(sweep_per_batch=0,
+                            allowed_lateness=timedelta(seconds=settings.allowed_lateness_s))
+    pipeline = Pipeline(settings, workers=args.workers, idle_timeout=args.until_idle,
+                        recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
+                        changes_topic=changes, hooks=hooks, addresses=addresses,
+                        process_id=args.process_id)
+    store = pipeline.run()
+    if args.export:
+        store.export(args.export)
     print(f"{store.count('customer')} customers, {store.count('product')} products"
           + (f"; exported to {args.export}" if args.export else ""))
     return 0
@@ -132,7 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_replay)
 
     u = sub.add_parser("run", help="run the dataflow until the topics are idle, then export")
-    u.add_argument("--until-idle", type=float, required=True, metavar="SECONDS")
+    u.add_argument("--until-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop when every topic was idle this long (default: run until killed)")
+    u.add_argument("--recovery-dir", default=None, metavar="DIR",
+                   help="bytewax recovery partitions (created when missing); a restart with "
+                        "the same DIR resumes where the last snapshot left off")
+    u.add_argument("--snapshot-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="with --recovery-dir: seconds between snapshots (default 1)")
+    u.add_argument("--changes", nargs="?", const="", default=None, metavar="TOPIC",
+                   help="publish every entity change to TOPIC (default: PREFIX + 'changes')")
+    u.add_argument("--no-sweep", action="store_true",
+                   help="no relevance sweep of quiet customers (its deltas depend on batch "
+                        "timing, so runs are then comparable entity for entity)")
+    u.add_argument("--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
+                   help="every dataflow process of a cluster (bytewax -a)")
+    u.add_argument("--process-id", type=int, default=0, help="this process's index (-i)")
     u.add_argument("--export", default=None, metavar="PATH", help=".parquet, .csv or .jsonl")
     u.add_argument("--workers", type=int, default=1)
     u.add_argument("--bootstrap", default=None)

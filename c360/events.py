@@ -266,6 +266,9 @@ class Catalogue:
         self.dlq_topic = prefix + DLQ
         self.late_topic = prefix + "late"  # events later than the allowed lateness, with why
         self.decisions_topic = prefix + "decisions"  # what the business rules decided
+        # Every entity change (deltas, lifecycle) keyed by entity id, when the dataflow
+        # publishes them (c360.changes): what store replicas materialize from.
+        self.changes_topic = prefix + "changes"
         # For producers that cannot fan out: records name their stream in a "stream" field.
         self.ingest_topic = prefix + INGEST
         self._decoders = {s.name: msgspec.json.Decoder(s.schema)

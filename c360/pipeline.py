@@ -13,6 +13,7 @@ import logging
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
@@ -20,11 +21,15 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
 
 from c360.broker import create_topics
+from c360.changes import changes_sink, new_run_id
 from c360.config import Settings
 from c360.delta import Delta
 from c360.errors import C360Error
 from c360.events import Catalogue
+from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
+from c360.recovery import recovery_config
+from c360.replica import Materializer
 from c360.source import KafkaBatchSource
 from c360.store import EntityStore
 
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class _StorePartition(StatelessSinkPartition[list[Delta]]):
-    def __init__(self, store: EntityStore) -> None:
+    def __init__(self, store: EntityStore | Materializer) -> None:
         self._store = store
 
     def write_batch(self, items: list[list[Delta]]) -> None:
@@ -41,13 +46,32 @@ class _StorePartition(StatelessSinkPartition[list[Delta]]):
 
 
 class StoreSink(DynamicSink[list[Delta]]):
-    """Writes batches of deltas into an :class:`EntityStore` (every worker into the same one)."""
+    """Writes batches of deltas into an :class:`EntityStore` (every worker into the same one).
 
-    def __init__(self, store: EntityStore) -> None:
+    With ``recovering``, through a :class:`~c360.replica.Materializer`: a resumed dataflow
+    replays deltas, and a store that outlived the previous run must not take them twice.
+    """
+
+    def __init__(self, store: EntityStore, recovering: bool = False) -> None:
         self.store = store
+        self._into: EntityStore | Materializer = Materializer(store) if recovering else store
+        self._lock = threading.Lock()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self.store)
+        if isinstance(self._into, Materializer):
+            return _StorePartition(_Locked(self._into, self._lock))  # type: ignore[arg-type]
+        return _StorePartition(self._into)
+
+
+class _Locked:
+    """One materializer shared by the workers of a process: one apply at a time."""
+
+    def __init__(self, into: Materializer, lock: threading.Lock) -> None:
+        self._into, self._lock = into, lock
+
+    def apply(self, deltas: list[Delta]) -> None:
+        with self._lock:
+            self._into.apply(deltas)
 
 
 def tune_gc() -> None:
@@ -66,7 +90,15 @@ class Pipeline:
 
     def __init__(self, settings: Settings | None = None, store: EntityStore | None = None, *,
                  workers: int = 1, logic: Logic | None = first_logic,
-                 idle_timeout: float | None = None) -> None:
+                 idle_timeout: float | None = None, recovery_dir: str | Path | None = None,
+                 snapshot_interval: float = 1.0, changes_topic: str | None = None,
+                 hooks: EntityHooks | None = None, addresses: list[str] | None = None,
+                 process_id: int = 0) -> None:
+        """``recovery_dir``: run with bytewax recovery there, snapshotting every
+        ``snapshot_interval`` seconds (:mod:`c360.recovery`). ``changes_topic``: also
+        publish every entity change there (:mod:`c360.changes`; ``Catalogue.changes_topic``
+        is the usual one). ``addresses``/``process_id``: this process's place in a cluster
+        of dataflow processes (bytewax ``-a``/``-i``). ``hooks``: see ``build_flow``."""
         self.settings = settings or Settings.from_env()
         self.store = store if store is not None else EntityStore()
         self.catalogue = Catalogue(self.settings.topic_prefix)
@@ -78,7 +110,14 @@ class Pipeline:
         self.error: BaseException | None = None
         self.source: KafkaBatchSource | None = None
         # Snapshots cost a pickle of the state per epoch; only worth it with recovery on.
-        self.recoverable = False
+        self.recoverable = recovery_dir is not None
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.snapshot_interval = snapshot_interval
+        self.changes_topic = changes_topic
+        self.hooks = hooks
+        self.addresses = addresses or []
+        self.process_id = process_id
+        self.run_id = new_run_id()  # tags this run's records on the changes topic
 
     def build(self) -> Dataflow:
         from dataflows.customer360 import build_flow
@@ -97,7 +136,10 @@ class Pipeline:
         decisions = KafkaSink(brokers, self.catalogue.decisions_topic,
                               add_config={**s.security.librdkafka(),
                                           "partitioner": "murmur2_random"})
-        return build_flow(self.source, StoreSink(self.store), dlq, late_sink=late,
+        changes = changes_sink(s, self.changes_topic) if self.changes_topic else None
+        return build_flow(self.source, StoreSink(self.store, self.recoverable), dlq,
+                          late_sink=late, changes_sink=changes, run_id=self.run_id,
+                          hooks=self.hooks,
                           decisions_sink=decisions, catalogue=self.catalogue,
                           logic=self.logic, max_event_bytes=s.max_event_bytes,
                           allowed_lateness=timedelta(seconds=s.allowed_lateness_s),
@@ -106,14 +148,22 @@ class Pipeline:
     def ensure_topics(self) -> None:
         cat = self.catalogue
         create_topics(self.settings, [*cat.input_topics, cat.dlq_topic, cat.late_topic,
-                                      cat.decisions_topic])
+                                      cat.decisions_topic,
+                                      *([self.changes_topic] if self.changes_topic else [])])
+
+    def _cluster_options(self) -> dict[str, Any]:
+        if self.recovery_dir is None:
+            return {}
+        return {"epoch_interval": timedelta(seconds=self.snapshot_interval),
+                "recovery_config": recovery_config(self.recovery_dir)}
 
     def run(self) -> EntityStore:
         """Run in this thread until stopped or (with ``idle_timeout``) idle."""
         self.ensure_topics()
         flow = self.build()
         tune_gc()
-        cluster_main(flow, [], 0, worker_count_per_proc=self.workers, epoch_interval=None)
+        cluster_main(flow, self.addresses, self.process_id, worker_count_per_proc=self.workers,
+                     **({"epoch_interval": None} | self._cluster_options()))
         return self.store
 
     def start(self) -> Pipeline:
@@ -126,7 +176,8 @@ class Pipeline:
 
         def target() -> None:
             try:
-                cluster_main(flow, [], 0, worker_count_per_proc=self.workers)
+                cluster_main(flow, self.addresses, self.process_id,
+                             worker_count_per_proc=self.workers, **self._cluster_options())
             except BaseException as exc:  # surfaced by stop() and alive()
                 self.error = exc
                 log.exception("the customer-360 dataflow stopped with an error")

@@ -29,6 +29,7 @@ from bytewax.outputs import Sink
 from confluent_kafka import Message
 
 from c360.analytics import Collector, global_analytics
+from c360.changes import RESET_STREAM, change_records, new_run_id
 from c360.delta import Delta
 from c360.errors import InvalidEvent
 from c360.events import Catalogue
@@ -107,20 +108,50 @@ def make_decoder(
 
 
 class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed]], bytes]):
-    """Bytewax state of one shard: folds every batch routed to it in one call."""
+    """Bytewax state of one shard: folds every batch routed to it in one call.
+
+    Resumed from a recovery snapshot, it first emits every entity's whole state at the
+    snapshot's version (stream ``recovery``): the restarted process's store is rebuilt from
+    it, and stores that outlived the crash repair what the replay changes (c360.replica).
+    """
 
     def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool,
                  hooks: EntityHooks | None = None,
                  allowed_lateness: timedelta | None = DEFAULT_LATENESS,
                  analytics: bool = False) -> None:
         self.analytics = analytics
-        self.shard: Shard = pickle.loads(resume) if resume else Shard(
+        self.kind: str | None = None  # every entity of a shard has one kind (see shard_of)
+        restored = pickle.loads(resume) if resume else None
+        if isinstance(restored, tuple):
+            self.kind, restored = restored
+        self.shard: Shard = restored if restored is not None else Shard(
             hooks, allowed_lateness or timedelta(0))
         self.logic = logic
         self.recoverable = recoverable
+        self._reset_due = restored is not None and self.kind is not None
+
+    def notify_at(self) -> datetime | None:
+        # Called right after a resumed logic is built: publish its reset at once.
+        return datetime.now(timezone.utc) if self._reset_due else None
+
+    def on_notify(self) -> tuple[list, bool]:
+        return self._reset(), StatefulBatchLogic.RETAIN
+
+    def _reset(self) -> list:
+        if not self._reset_due:
+            return []
+        self._reset_due = False
+        shard, kind = self.shard, self.kind
+        at = shard.latest or datetime.now(timezone.utc)
+        deltas = [Delta(eid, kind, state.version, at, RESET_STREAM, f"{RESET_STREAM}:"
+                        f"{state.version}", dict(state.fields))
+                  for eid, state in shard.entities.items() if state.version > 0]
+        return [(deltas, [], [], [])] if deltas else []
 
     def on_batch(self, values: list[list[Routed]]) -> tuple[list, bool]:
-        out = []
+        out = self._reset()
+        if self.kind is None and values and values[0]:
+            self.kind = values[0][0].kind
         for batch in values:
             decisions: list[Decision] = []
             collector = Collector() if self.analytics else None
@@ -135,7 +166,7 @@ class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed
         # cheaper than the deep copy bytewax's stateful_map makes per epoch.
         if not self.recoverable:
             return None
-        return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((self.kind, self.shard), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
@@ -175,6 +206,8 @@ def build_flow(
     max_event_bytes: int = 1_000_000,
     flow_id: str = "customer360",
     recoverable: bool = True,
+    changes_sink: Sink[KafkaSinkMessage] | None = None,
+    run_id: str = "",
 ) -> Dataflow:
     """The customer-360 dataflow between any batch source and any sinks.
 
@@ -184,7 +217,9 @@ def build_flow(
     and not applied; ``allowed_lateness=None`` applies every event). ``analytics`` adds the
     global per-minute analytics (:mod:`c360.analytics`) to the store as ``global:*``
     entities. ``recoverable=False`` skips state snapshots: right when bytewax runs
-    without recovery, where it would discard them anyway.
+    without recovery, where it would discard them anyway. ``changes_sink`` gets every
+    change the store gets, as entity-changes records tagged with ``run_id``
+    (:mod:`c360.changes`).
     """
     catalogue = catalogue or Catalogue()
     hooks = hooks if hooks is not None else EntityHooks(allowed_lateness=allowed_lateness)
@@ -207,6 +242,9 @@ def build_flow(
         wait = allowed_lateness if allowed_lateness is not None else DEFAULT_LATENESS
         deltas = op.merge("with_globals", deltas, global_analytics(partials, wait))
     op.output("store_out", deltas, store_sink)
+    if changes_sink is not None:
+        records = op.flat_map("change_records", deltas, change_records(run_id or new_run_id()))
+        op.output("changes_out", records, changes_sink)
 
     if decisions_sink is not None:
         made = op.flat_map("decisions", folded, lambda kv: kv[1][2])
