@@ -155,11 +155,13 @@ class Shard:
                 collector.add(r.stream, r.kind, r.entity_id, event, changes)
         self.latest = latest
         if hooks is not None and latest is not None:
-            self._sweep(latest - self._lateness, deltas)
+            self._sweep(latest - self._lateness, deltas, len(batch))
         return deltas, failed
 
-    def _sweep(self, watermark: datetime, deltas: list[Delta | Lifecycle]) -> None:
-        """Age up to ``hooks.sweep_per_batch`` customers to the watermark (round robin)."""
+    def _sweep(self, watermark: datetime, deltas: list[Delta | Lifecycle], events: int) -> None:
+        """Age customers to the watermark, round robin: up to ``hooks.sweep_per_batch`` a
+        batch and one per event in it, so that the sweep's cost per event stays the same
+        when a live stream arrives in many small batches."""
         hooks = self.hooks
         assert hooks is not None
         if self.watermark is None or watermark > self.watermark:
@@ -169,7 +171,7 @@ class Shard:
         if not cursor:
             cursor.extend(self.entities)
             cursor.reverse()
-        for _ in range(min(hooks.sweep_per_batch, len(cursor))):
+        for _ in range(min(hooks.sweep_per_batch, events, len(cursor))):
             entity_id = cursor.pop()
             state = self.entities.get(entity_id)
             if state is None or state.windows is None:
