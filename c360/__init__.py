@@ -10,12 +10,14 @@ from c360.errors import BrokerError, C360Error, ConfigError, DataError, InvalidE
 from c360.events import Catalogue, encode
 from c360.logic import chain, first_logic
 from c360.pipeline import Pipeline, run_until_idle
+from c360.replica import ChangesReplica, replica_from_kafka
 from c360.store import EntityStore, Subscription
 from c360.sync import Replica, SyncServer, TokenBook, connect, local
 
 __all__ = [
     "BrokerError",
     "C360Error",
+    "ChangesReplica",
     "Catalogue",
     "ConfigError",
     "DataError",
@@ -36,5 +38,6 @@ __all__ = [
     "first_logic",
     "kafka_for",
     "local",
+    "replica_from_kafka",
     "run_until_idle",
 ]

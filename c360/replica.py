@@ -238,7 +238,7 @@ class ChangesReplica:
             raise C360Error(f"the changes replica failed: {self.error}") from self.error
 
     def __enter__(self) -> ChangesReplica:
-        return self.start()
+        return self if self._thread is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
