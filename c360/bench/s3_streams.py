@@ -10,12 +10,19 @@ is run.
 
 from __future__ import annotations
 
+import json
+import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from c360.bench.common import Scale, best_of, broker, worker
-from c360.bench.data import produce
+from c360.bench.common import Scale, best_of, broker, run_child, worker
+from c360.bench.data import START, produce
 from c360.bench.progress import Progress
 from c360.bench.s1_python_limit import worker_args
+from c360.bench.venvs import ensure_venv, installed_version
+from c360.events import Catalogue, encode
+from c360.simulator import generate
 
 # Customer streams, most frequent first: a k-stream run uses the first k.
 CUSTOMER_STREAMS = ["search", "tp_purchases", "location", "orders", "customer_details",
@@ -25,6 +32,16 @@ COUNTS = (1, 4, 8, 15)
 TARGET_THROUGHPUT = 0.9  # 15 streams >= 0.9x the 1-stream events per CPU-second
 TARGET_STATE = 1.2  # entity <= 1.2x the latest record per stream
 WORKER_TIMEOUT = 300.0  # a run that never sees its sentinels is recorded, not waited on
+HERE = Path(__file__).resolve().parent
+# The PyFlink leg: the earlier measurement's shape (12 streams, 10k customers, at most two
+# rows per customer and stream), each variant stopped past its budget.
+FLINK_STREAMS = 12
+FLINK_CUSTOMERS = 10_000
+FLINK_EVENTS = 600_000
+FLINK_CAP = 2
+FLINK_BUDGET_S = 180.0
+FLINK_BUDGET_MB = 3_000
+FLINK_VARIANTS = ("union_group_by", "aggregate_then_join", "chained_joins")
 
 
 def steps(scale: Scale) -> int:
@@ -79,10 +96,75 @@ def run(scale: Scale, progress: Progress, *, flink: bool = False) -> dict[str, A
         "state_measure": "JSON bytes of the entity's fields (store mirror) vs the sum of the "
                          "JSON bytes of the customer's latest record on each stream",
     }
-    # The PyFlink leg (chained joins, aggregate-then-join, union + GROUP BY over the same
-    # events from files) is not written yet; its venv (apache-flink 2.3.0) is created by
-    # c360.bench.venvs.ensure_venv("flink").
-    out["flink"] = {"skipped": "PyFlink leg not implemented yet" if flink
-                    else "the PyFlink leg runs only in full runs"}
+    if flink:
+        out["flink"] = flink_leg(scale, progress)
+    else:
+        out["flink"] = {"skipped": "the PyFlink leg runs only in full runs (or with --flink): "
+                                   "it needs its own venv (apache-flink, Java 17) and minutes"}
+        progress.step("s3 flink")
+    return out
+
+
+def write_stream_files(folder: Path, streams: list[str], customers: int, events: int,
+                       cap: int) -> dict[str, Any]:
+    """The simulator's events of ``streams`` as one JSON-lines file per stream for Flink:
+    {customer_id, ts (ms), payload (the event's JSON)}, at most ``cap`` rows per customer
+    and stream. Also the exact row count a chained inner join of all of them produces."""
+    cat = Catalogue()
+    wanted = set(streams)
+    files = {s: (folder / f"{s}.jsonl").open("w") for s in streams}
+    rows: dict[str, dict[str, int]] = {}
+    n = 0
+    try:
+        for stream, key, event in generate(customers, 7, START):
+            if n >= events:
+                break
+            if stream not in wanted or cat.by_name[stream].key_field != "customer_id":
+                continue
+            n += 1
+            per = rows.setdefault(key, {})
+            if per.get(stream, 0) >= cap:
+                continue
+            per[stream] = per.get(stream, 0) + 1
+            files[stream].write(json.dumps({
+                "customer_id": key, "ts": int(event.event_time.timestamp() * 1000),
+                "payload": encode(event).decode()}) + "\n")
+    finally:
+        for f in files.values():
+            f.close()
+    join_rows = sum(math.prod(per.get(s, 0) for s in streams) for per in rows.values())
+    per_stream = {s: sum(per.get(s, 0) for per in rows.values()) for s in streams}
+    return {"streams": streams, "customers": len(rows), "rows_per_customer_stream_cap": cap,
+            "input_rows": sum(per_stream.values()), "rows_per_stream": per_stream,
+            "chained_join_rows_expected": join_rows,
+            "customers_with_every_stream": sum(1 for per in rows.values()
+                                               if all(per.get(s) for s in streams))}
+
+
+def flink_leg(scale: Scale, progress: Progress) -> dict[str, Any]:
+    """The per-customer view in PyFlink SQL, three ways, each within a time/memory budget."""
+    progress.note("s3 flink venv")
+    venv, reason = ensure_venv("flink")
+    if reason:
+        progress.step("s3 flink")
+        return {"skipped": reason}
+    streams = CUSTOMER_STREAMS[:FLINK_STREAMS]
+    out: dict[str, Any] = {"version": installed_version(venv, "apache-flink") or venv.version,
+                           "budget_s": FLINK_BUDGET_S, "budget_mb": FLINK_BUDGET_MB,
+                           "variants": {}}
+    with tempfile.TemporaryDirectory(prefix="c360-flink-") as tmp:
+        out["data"] = write_stream_files(Path(tmp), streams, FLINK_CUSTOMERS, FLINK_EVENTS,
+                                         FLINK_CAP)
+        for variant in FLINK_VARIANTS:
+            progress.note(f"s3 flink {variant}")
+            args = {"dir": tmp, "streams": streams, "variant": variant,
+                    "budget_s": FLINK_BUDGET_S, "budget_mb": FLINK_BUDGET_MB,
+                    "input_rows": out["data"]["input_rows"]}
+            try:
+                out["variants"][variant] = run_child(
+                    [str(venv.python), str(HERE / "peers" / "flink_view.py"), json.dumps(args)],
+                    timeout=FLINK_BUDGET_S + 180)
+            except Exception as exc:  # recorded; the other variants still run
+                out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     progress.step("s3 flink")
     return out
