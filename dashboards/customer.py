@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import holoviews as hv
@@ -243,13 +243,20 @@ class CustomerView(pn.viewable.Viewer):
             b.disabled = not allowed
             if not allowed:
                 b.description = "not allowed by your scope"
-            b.on_click(lambda _, name=name: self._run_command(name))
+            b.on_click(self._clicker(name))
         self.buttons = buttons
         return pn.Column(
             pn.Row(self.points, buttons["grant_points"]),
             pn.Row(self.note, buttons["add_note"]),
             pn.Row(self.channel, buttons["mark_contacted"], buttons["send_offer"]),
             self.result, sizing_mode=STRETCH)
+
+    def _clicker(self, name: str) -> Callable[[Any], Awaitable[None]]:
+        # A coroutine function (not a lambda returning a coroutine): Panel awaits it on the
+        # session's loop, so the page stays live while the command waits for the dataflow.
+        async def click(_: Any) -> None:
+            await self._run_command(name)
+        return click
 
     def command_args(self, name: str) -> dict[str, Any]:
         if name == "grant_points":

@@ -43,9 +43,10 @@ class PatchedTable:
         old = self._rows
         if new == old:
             return False
-        if len(new) < len(old):  # rows went away: Tabulator has no row removal by patch
+        if not old or len(new) < len(old):
+            # The first rows, or rows went away (Tabulator has no row removal by patch).
             self.widget.value = pd.DataFrame(new, columns=self.columns)
-            self.rebuilds += 1
+            self.rebuilds += bool(old)
         else:
             cells: dict[str, list[tuple[int, Any]]] = {}
             for i, (a, b) in enumerate(zip(old, new, strict=False)):
@@ -57,7 +58,7 @@ class PatchedTable:
             if len(new) > len(old):
                 extra = pd.DataFrame(new[len(old):], columns=self.columns,
                                      index=range(len(old), len(new)))
-                self.widget.stream(extra, follow=False)
+                self.widget.stream(extra, follow=False, reset_index=False)
             self.patches += 1
         self._rows = new
         return True
