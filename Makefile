@@ -27,8 +27,10 @@ test: setup browser
 	$(BIN)/ruff check c360 dataflows dashboards tests
 	$(BIN)/python -m pytest -ra --durations=15 --nbval-lax tests notebooks
 
+# JupyterLab refuses to start as root (as in many containers) unless told it may.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
