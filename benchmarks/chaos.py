@@ -381,7 +381,7 @@ def run(kills: int, scale_name: str, seed: int = 7, bootstrap: str | None = None
             raise errors[0]
         say("producers done; the last run stops when the topics are idle")
         export = work / "final.jsonl"
-        proc = flow.spawn("--until-idle", "4", "--export", str(export))
+        proc = flow.spawn("--until-idle", "15", "--export", str(export))
         if watch is None:
             watch = Watch(replica, replica.latest_run()[0], {})
         while proc.poll() is None:
@@ -402,9 +402,17 @@ def run(kills: int, scale_name: str, seed: int = 7, bootstrap: str | None = None
         say("reference: an uninterrupted run over the same topics")
         t0 = time.monotonic()
         lateness = timedelta(seconds=settings.allowed_lateness_s)
-        reference = Pipeline(settings, idle_timeout=4,
-                             hooks=EntityHooks(sweep_per_batch=0,
-                                               allowed_lateness=lateness)).run()
+        # Stopped once it has read every produced event, not by idleness: on a busy machine
+        # a few idle seconds come sooner than the end of the topics.
+        pipeline = Pipeline(settings, hooks=EntityHooks(sweep_per_batch=0,
+                                                        allowed_lateness=lateness)).start()
+        total = len(olist) + scale.sim_events
+        deadline = time.monotonic() + 1800
+        while (pipeline.source is None or pipeline.source.idle.messages < total) \
+                and time.monotonic() < deadline and pipeline.alive():
+            time.sleep(0.2)
+        pipeline.stop(600)
+        reference = pipeline.store
         result.reference_seconds = round(time.monotonic() - t0, 1)
         ref = by_id(reference)
         result.entities = len(ref)
