@@ -73,7 +73,12 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
                          "linger.ms": 1})
     total = int(rate * seconds)
-    items = list(itertools.islice(generate(customers, 5, START), total))
+    # The simulator opens with its product catalogue (every product once, no customer):
+    # a live store has that already, and a short run would otherwise see no customer.
+    keyed_by_customer = {s.name for s in cat.streams if s.key_field == "customer_id"}
+    events = itertools.dropwhile(lambda item: item[0] not in keyed_by_customer,
+                                 generate(customers, 5, START))
+    items = list(itertools.islice(events, total))
     began = time.monotonic()
     for n, (stream, key, event) in enumerate(items):
         ahead = began + n / rate - time.monotonic()
