@@ -109,15 +109,14 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
 
 
 class LineChild:
-    """A child process speaking a line protocol: ``TAG {json}`` lines on stdout, ``STOP``
-    on stdin.
+    """A child process speaking a line protocol: ``TAG {json}`` lines on stdout, commands
+    (``GO``, ``STATS``, ``STOP``) on stdin.
 
-    ``python -m c360.bench.worker live`` (the dataflow and its servers) answers ``READY``,
-    waits for ``GO``, then says
-    ``DONE`` (every sentinel reached the store), ``STATS`` to each ``STATS`` and, after
-    ``STOP``, ``FINAL``;
-    ``python -m c360.bench.clients`` answers ``READY`` (all connected) and, after ``STOP``,
-    ``FINAL``. A child that says anything else is killed and the run fails with its words.
+    ``python -m c360.bench.worker live`` (the dataflow and its servers): ``READY``, then
+    after ``GO`` ``DONE`` (every sentinel reached the store), ``STATS`` per ``STATS`` and
+    ``FINAL`` after ``STOP``. ``python -m c360.bench.clients``: ``READY`` (all connected),
+    ``FINAL`` after ``STOP``. A child that says anything else is killed and the run fails
+    with its words.
     """
 
     def __init__(self, module: str, mode: str, args: dict[str, Any]) -> None:

@@ -213,12 +213,12 @@ def run_live(args: dict[str, Any]) -> dict[str, Any]:
     """The dataflow fed live, for sections 4 and 6 (see :mod:`c360.bench.paced`).
 
     Optionally serves its store over a sync server (``sync``) and the live Panel page
-    (``panel``). Protocol on stdout: ``READY {urls}`` once it runs (then it waits for ``GO``
-    on stdin, where its clock starts), ``DONE {report}`` when
-    every sentinel reached the store, then, after ``STOP`` on stdin, ``FINAL {report}`` with
-    the servers' statistics. Latency is event time (stamped at produce) to the delta being
-    applied in the store; with ``versions_out``, every delta's (entity, version, event time)
-    is written there for the client leg.
+    (``panel``). Protocol: ``READY {urls}`` once it runs; it then waits for ``GO`` on stdin
+    (its clock starts there); ``DONE {report}`` when every sentinel reached the store;
+    ``STATS {servers}`` for each ``STATS``; after ``STOP``, ``FINAL {servers}``. Latency is
+    event time (stamped at produce) to the delta being applied in the store; with
+    ``versions_out``, every delta's (entity, version, event time) is written there for the
+    client leg.
     """
     from c360.delta import Delta
     from c360.pipeline import Pipeline
