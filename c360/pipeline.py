@@ -74,6 +74,17 @@ class _Locked:
             self._into.apply(deltas)
 
 
+def c360_cause(exc: BaseException) -> BaseException:
+    """The C360Error behind a bytewax error (bytewax wraps what a step raises), or ``exc``:
+    a BrokerError's guidance should reach the user as is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, C360Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def tune_gc() -> None:
     """Collect young objects less often.
 
@@ -162,8 +173,15 @@ class Pipeline:
         self.ensure_topics()
         flow = self.build()
         tune_gc()
-        cluster_main(flow, self.addresses, self.process_id, worker_count_per_proc=self.workers,
-                     **({"epoch_interval": None} | self._cluster_options()))
+        try:
+            cluster_main(flow, self.addresses, self.process_id,
+                         worker_count_per_proc=self.workers,
+                         **({"epoch_interval": None} | self._cluster_options()))
+        except Exception as exc:
+            cause = c360_cause(exc)
+            if cause is exc:
+                raise
+            raise cause from None
         return self.store
 
     def start(self) -> Pipeline:
@@ -179,7 +197,7 @@ class Pipeline:
                 cluster_main(flow, self.addresses, self.process_id,
                              worker_count_per_proc=self.workers, **self._cluster_options())
             except BaseException as exc:  # surfaced by stop() and alive()
-                self.error = exc
+                self.error = c360_cause(exc)
                 log.exception("the customer-360 dataflow stopped with an error")
 
         self._thread = threading.Thread(target=target, name="c360-dataflow", daemon=True)
@@ -195,6 +213,8 @@ class Pipeline:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise C360Error(f"the dataflow did not stop within {timeout:.0f}s")
+        if isinstance(self.error, C360Error):
+            raise self.error
         if self.error is not None:
             raise C360Error(f"the dataflow failed: {self.error}") from self.error
 

@@ -26,6 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from c360.broker import TopicWatch
 from c360.errors import BrokerError
 
 Offsets = dict[str, int]  # topic -> next offset to read, for one partition index
@@ -51,7 +52,8 @@ class Idle:
 class _Partition(StatefulSourcePartition[list[Message], Offsets]):
     def __init__(self, config: dict[str, Any], topics: list[str], index: int,
                  resume: Offsets | None, batch_size: int, idle: Idle,
-                 idle_timeout: float | None, stop: threading.Event | None) -> None:
+                 idle_timeout: float | None, stop: threading.Event | None,
+                 watch: TopicWatch | None = None) -> None:
         self._offsets: Offsets = dict(resume or {})
         self._consumer = Consumer(config)
         self._consumer.assign([
@@ -62,13 +64,20 @@ class _Partition(StatefulSourcePartition[list[Message], Offsets]):
         self._idle_timeout = idle_timeout
         self._stop = stop
         self._awake: datetime | None = None
+        # A consumer never fails when its topics vanish (a memory-only broker restarted):
+        # the watch turns that, and a broker unreachable too long, into a BrokerError.
+        self._watch = watch
 
     def next_batch(self) -> list[list[Message]]:
         if self._stop is not None and self._stop.is_set():
             raise StopIteration
+        if self._watch is not None:
+            self._watch.check()
         msgs = self._consumer.consume(self._batch_size, 0)
         if not msgs:
             if self._idle_timeout is not None and self._idle.seconds() >= self._idle_timeout:
+                if self._watch is not None:
+                    self._watch.check(force=True)  # idle because the broker is gone?
                 raise StopIteration
             self._awake = datetime.now(timezone.utc) + POLL_PAUSE
             return []
@@ -133,4 +142,5 @@ class KafkaBatchSource(FixedPartitionedSource[list[Message], Offsets]):
             "fetch.wait.max.ms": "10",
         }
         return _Partition(config, self._topics, int(for_part[1:]), resume_state,
-                          self._batch_size, self.idle, self._idle_timeout, self._stop)
+                          self._batch_size, self.idle, self._idle_timeout, self._stop,
+                          TopicWatch(self._config, self._topics))
