@@ -221,7 +221,28 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
                 "city": event.city, "at": t}  # type: ignore[attr-defined]
         out["recent_locations"] = _insert_by_time(fields.get("recent_locations"), item,
                                                   LIMITS["recent_locations"])
+    if w.day >= 0:
+        _drop_stale(w.day, changes, out)
     return out
+
+
+def _drop_stale(day: int, changes: dict[str, Any], out: dict[str, Any]) -> None:
+    """Drop from a just-updated recent list the items already past its ``max_age``.
+
+    ``_advance`` ages the lists when the entity's day moves on; an item that arrives after
+    that (a stream topic read later than another's) must not stay, or the list would
+    depend on which topic happened to be read first.
+    """
+    start_of_day: datetime | None = None
+    for r in RECENT:
+        items = out[r.field] if r.field in out else changes.get(r.field)
+        if not items:
+            continue
+        if start_of_day is None:
+            start_of_day = EPOCH + timedelta(days=day)
+        oldest = start_of_day - r.max_age
+        if any(i[r.time_key] < oldest for i in items):
+            out[r.field] = [i for i in items if i[r.time_key] >= oldest]
 
 
 def _insert_by_time(items: list | None, item: dict, limit: int) -> list:

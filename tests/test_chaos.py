@@ -1,5 +1,9 @@
 """The chaos test at CI scale: 5 random ``kill -9`` of the dataflow process during an Olist
-replay mixed with simulator traffic; everything must end equal to an uninterrupted run."""
+replay mixed with simulator traffic; everything must end equal to an uninterrupted run.
+
+Nothing here waits on time: the script stops its reference run by record count and
+restarts a last run that went idle before catching up, so a loaded machine only makes it
+slower."""
 
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ def test_five_kills_end_equal_with_nothing_lost_or_applied_twice(
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert len(r["kill_log"]) == 5
-    assert r["entities"] > 900  # customers and products of both sources
+    # Every Olist customer and product is there (no event was "too late"), and more: the
+    # simulator's customers and products.
+    assert r["entities"] > r["olist_entities"] > 1000
     assert r["export_mismatches"] == [] and r["replica_mismatches"] == []
     assert (r["lost_events"], r["double_applied_events"], r["missing_entities"]) == (0, 0, 0)
     assert r["version_violations"] == 0
