@@ -51,17 +51,22 @@ def _header(user: str, scope: Scope) -> pn.pane.HTML:
 
 
 class Dashboard(pn.viewable.Viewer):
-    """The three pages in tabs, for one session and one user's scope."""
+    """The three pages in tabs, for one session and one user's scope.
+
+    A page is built when it is first shown, and the tabs are dynamic (only the page
+    showing is rendered in the browser): a session that only watches the overview costs
+    the server one page, not three. Fifty sessions open that much faster.
+    """
 
     def __init__(self, store: EntityStore, feed: Feed, scope: Scope, user: str = "",
                  settings: Settings | None = None, **params: Any) -> None:
         super().__init__(**params)
-        self.customer = CustomerView(store, scope, user, settings)
-        self.overview = OverviewPage(feed)
-        self.finder = FinderPage(feed, scope, on_open=self.show_customer)
-        self.tabs = pn.Tabs(*zip(TABS, (self.overview, self.finder, self.customer),
-                                 strict=True), dynamic=False, sizing_mode="stretch_width",
-                            css_classes=["c360-tabs"])
+        self._args = (store, feed, scope, user, settings)
+        self._pages: dict[int, Any] = {}
+        self._slots = [pn.Column(sizing_mode="stretch_width") for _ in TABS]
+        self.tabs = pn.Tabs(*zip(TABS, self._slots, strict=True), dynamic=True,
+                            sizing_mode="stretch_width", css_classes=["c360-tabs"])
+        self.page(0)
         self.tabs.param.watch(lambda _: self.tick(), "active")
         self._layout = pn.Column(_header(user, scope), self.tabs, sizing_mode="stretch_width",
                                  max_width=1700, styles={"background": PAGE_BACKGROUND})
@@ -69,13 +74,53 @@ class Dashboard(pn.viewable.Viewer):
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             self.start()
 
+    def page(self, index: int) -> Any:
+        """The page of tab ``index``, built (and put in its tab) on first use."""
+        built = self._pages.get(index)
+        if built is None:
+            store, feed, scope, user, settings = self._args
+            if index == 0:
+                built = OverviewPage(feed)
+            elif index == 1:
+                built = FinderPage(feed, scope, on_open=self.show_customer)
+            else:
+                built = CustomerView(store, scope, user, settings)
+            self._pages[index] = built
+            self._slots[index].append(built)
+        return built
+
+    @property
+    def overview(self) -> OverviewPage:
+        return self.page(0)
+
+    @property
+    def finder(self) -> FinderPage:
+        return self.page(1)
+
+    @property
+    def customer(self) -> CustomerView:
+        return self.page(2)
+
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout
 
     def start(self) -> None:
-        if not self._callbacks:
-            self._callbacks = [pn.state.add_periodic_callback(self._customer_tick, PERIOD_MS),
-                               pn.state.add_periodic_callback(self.tick, OVERVIEW_MS)]
+        """Refresh periodically in this session: the page showing once a second, and the
+        360 view ten times a second while it shows (a callback per session costs the
+        server even when it has nothing to do, so the fast one runs only then)."""
+        if self._callbacks:
+            return
+        self._callbacks = [pn.state.add_periodic_callback(self.tick, OVERVIEW_MS)]
+        self._fast = pn.state.add_periodic_callback(self.customer_tick, PERIOD_MS,
+                                                    start=self.tabs.active == 2)
+        self._callbacks.append(self._fast)
+        self.tabs.param.watch(self._pace, "active")
+
+    def _pace(self, event: Any) -> None:
+        if event.new == 2 and not self._fast.running:
+            self._fast.start()
+        elif event.new != 2 and self._fast.running:
+            self._fast.stop()
 
     def stop(self) -> None:
         for cb in self._callbacks:
@@ -88,15 +133,9 @@ class Dashboard(pn.viewable.Viewer):
 
     def tick(self) -> None:
         """Refresh the page that is showing (the others catch up when shown)."""
-        active = self.tabs.active
-        if active == 0:
-            self.overview.refresh()
-        elif active == 1:
-            self.finder.refresh()
-        else:
-            self.customer.refresh()
+        self.page(self.tabs.active).refresh()
 
-    def _customer_tick(self) -> None:
+    def customer_tick(self) -> None:
         if self.tabs.active == 2:
             self.customer.refresh()
 

@@ -91,7 +91,7 @@ def _dl(entity: Mapping[str, Any], fields: tuple[str, ...], changed: set[str]) -
         cls = ' class="c360-flash"' if f in changed else ""
         rows.append(f'<dt>{html.escape(f)}</dt><dd data-field="{html.escape(f)}"{cls}>'
                     f"{html.escape(format_value(entity[f]))}</dd>")
-    return "<dl>" + "".join(rows) + "</dl>"
+    return '<div class="c360-c360"><dl>' + "".join(rows) + "</dl></div>"
 
 
 def card_html(entity: Mapping[str, Any], changed: set[str]) -> str:
