@@ -8,7 +8,8 @@ replay (``small``: one customer in 16 with the products they touch; ``full``: al
 and the simulator. The dataflow runs as a separate process, ``python -m c360 run
 --recovery-dir DIR --changes --no-sweep``, and is killed with SIGKILL ``--kills`` times at
 random moments — half of them any time after the start (during start-up, the resume or
-the replay), half a random while after it caught up — and restarted with the same
+the replay: up to 1.5 times the last restart's catch-up time), half a random while after
+it caught up — and restarted with the same
 recovery directory.
 
 Event time: the Olist replay's events are dated 2016-2018, the simulator's from 2018-06-01,
@@ -96,8 +97,10 @@ class Scale:
 SCALES = {
     "small": Scale(olist_every=16, sim_customers=150, sim_events=6_000, produce_seconds=25,
                    snapshot_interval=0.5),
+    # A snapshot pickles every shard touched in the epoch (the whole state while catching
+    # up: ~60 MB at full scale, seconds of CPU); at 1 s the run did little else.
     "full": Scale(olist_every=1, sim_customers=2_000, sim_events=60_000, produce_seconds=90,
-                  snapshot_interval=1.0),
+                  snapshot_interval=10.0),
 }
 
 
@@ -394,8 +397,12 @@ def run(kills: int, scale_name: str, seed: int = 7, bootstrap: str | None = None
             proc = flow.spawn()
             spawned = time.monotonic()
             mode = "any time" if rng.random() < 0.5 else "after catch-up"
-            # Any time: during start-up, the resume or the replay. Otherwise once caught up.
-            kill_at = spawned + rng.uniform(0.2, 6.0) if mode == "any time" else None
+            # Any time: during start-up, the resume or the replay — up to 1.5 times as long
+            # as the last restart took to catch up (start-up alone can take longer than a
+            # fixed few seconds on a loaded machine). Otherwise once caught up.
+            caught_up = [e.current_seconds for e in result.kill_log if e.current_seconds]
+            upper = max(6.0, 1.5 * caught_up[-1]) if caught_up else 6.0
+            kill_at = spawned + rng.uniform(0.2, upper) if mode == "any time" else None
             while True:
                 if watch is not None:
                     watch.poll()

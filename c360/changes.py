@@ -93,4 +93,10 @@ def changes_sink(settings: Settings, topic: str) -> KafkaSink:
                      add_config={**settings.security.librdkafka(),
                                  "message.max.bytes": "20000000",
                                  "partitioner": "murmur2_random",
-                                 "linger.ms": "5"})
+                                 "linger.ms": "5",
+                                 # bytewax's sink produces a whole batch, then flushes; a
+                                 # resumed run's resets (one record per entity) come as one
+                                 # batch, and at 62,000 entities plus the replay overflowed
+                                 # the default 100,000-message queue (BufferError).
+                                 "queue.buffering.max.messages": "10000000",
+                                 "queue.buffering.max.kbytes": "4194304"})
