@@ -380,7 +380,9 @@ def payment_anomaly(c: Fields, changes: Fields, event: ev.Event) -> Decision | N
         return None
     typical = (c.get("total_spent", 0.0) - p.amount) / (n - 1)
     if p.amount >= 200 and p.amount > 4 * typical:
-        return decide("review_payment", f"payment of {p.amount:.2f} is {p.amount / typical:.1f}x "
+        # Earlier payments may all be 0.00 (found by fuzzing: this divided by zero).
+        ratio = f"{p.amount / typical:.1f}x" if typical > 0 else "far above"
+        return decide("review_payment", f"payment of {p.amount:.2f} is {ratio} "
                       f"the customer's average of {typical:.2f}",
                       ["last_payment", "total_spent", "payment_count"], key=p.order_id)
     return None
