@@ -230,6 +230,9 @@ def run_live(args: dict[str, Any]) -> dict[str, Any]:
     versions: dict[str, dict[int, float]] = {}
     keep_versions = bool(args.get("versions_out"))
 
+    warm: set[str] = set()
+    warmed = threading.Event()
+
     class LatencyStore(EntityStore):
         ends: set[str] = set()
 
@@ -247,6 +250,10 @@ def run_live(args: dict[str, Any]) -> dict[str, Any]:
                         done.set()
                     continue
                 if eid.startswith("~"):
+                    if eid.startswith("~warm."):
+                        warm.add(eid)
+                        if len(warm) >= expected:
+                            warmed.set()
                     continue
                 ts = d.event_time.timestamp()
                 store_lat.append(now - ts)
@@ -265,7 +272,12 @@ def run_live(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("panel"):
         urls["panel_url"] = _serve_panel(store)
     pipeline.start()
-    time.sleep(1.0)
+    # Ready once the record put on every partition before the start (paced.prepare) is in
+    # the store: the consumer has joined and every run counts from the same point.
+    if not warmed.wait(args.get("warm_timeout", 180.0)):
+        print(f"TIMEOUT {len(warm)} of {expected} partitions' first records reached the "
+              "store", flush=True)
+        os._exit(1)
     print("READY " + json.dumps(urls), flush=True)
     sys.stdin.readline()  # GO: the parent's clients are connected, it starts producing
     applied0 = sum(store.stream_counts().values())
