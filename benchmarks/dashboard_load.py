@@ -195,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                                  cat.decisions_topic])
         stop = threading.Event()
         produced: list[BaseException] = []
+        reports: list[Any] = []
 
         def produce() -> None:
             try:
-                simulate(settings, customers=args.customers, rate=args.rate,
+                reports.append(simulate(settings, customers=args.customers, rate=args.rate,
                          duration=args.baseline + args.seconds + 120, seed=1, progress=False,
-                         stop=stop)
+                         stop=stop))
             except BaseException as exc:
                 produced.append(exc)
 
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_samples: list[float] = []
             rss_max = 0.0
             before = [s.changes for s in sessions]
+            load_before = os.getloadavg()[0]
             end = time.monotonic() + args.seconds
             while time.monotonic() < end:
                 cpu, rss = _measure(proc, INTERVAL_S)
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     "median": round(statistics.median(per_session_rate), 1),
                     "max": round(max(per_session_rate), 1)},
                 "intervals": len(intervals),
+                "machine_load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                 "sessions_silent_in_some_interval": sum(
                     1 for i in range(len(sessions)) if any(iv[i] == 0 for iv in intervals)),
             }
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
                 server.wait(5)
             producer.join(30)
+        if reports:
+            result["produced_events_per_s"] = round(reports[0].events / reports[0].elapsed)
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -297,7 +302,9 @@ def _report(r: dict[str, Any]) -> None:
     print(f"  sessions opened in {r['open_seconds']} s; failed: {len(r['failed_sessions'])}")
     for error in r["failed_sessions"]:
         print(f"    {error}")
-    print(f"  events/s shown by the dashboard: {lo['events_per_s_seen_by_dashboard']}")
+    print(f"  events/s produced: {r.get('produced_events_per_s')}; shown by the dashboard "
+          f"(median of its Events / s figure): {lo['events_per_s_seen_by_dashboard']}")
+    print(f"  machine load average (1 min) at start and end: {lo['machine_load_average']}")
     print(f"  server CPU: {b['cpu_percent']}% with 1 session -> {lo['cpu_percent']}% with "
           f"{lo['sessions']} ({r['ratio_cpu_loaded_vs_baseline']}x)")
     print(f"  server RSS: {b['rss_mb']} MB -> {lo['rss_mb']} MB "

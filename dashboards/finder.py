@@ -31,7 +31,7 @@ def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
     if scope.entities != "*":  # a scope limited to ids or a segment sees only those
         df = df[[scope.allows_entity(i, {"segments": s.split(", ")})
                  for i, s in zip(df["id"], df["segments"], strict=True)]]
-    if segment:
+    if segment and scope.allows_field("segments"):
         df = df[df["segments"].str.split(", ").map(lambda segs: segment in segs)]
     text = text.strip().lower()
     if text:
@@ -40,11 +40,17 @@ def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
             hit |= df["name"].str.lower().str.contains(text, regex=False)
             hit |= df["email"].str.lower().str.contains(text, regex=False)
         df = df[hit]
-    df = df.sort_values([sort, "id"], ascending=[False, True]).head(n)
+    if scope.allows_field(sort):  # ordering by a hidden field would reveal it
+        df = df.sort_values([sort, "id"], ascending=[False, True]).head(n)
+    else:
+        df = df.sort_values("id").head(n)
     df = df[COLUMNS].copy()
     if not scope.pii:
         df["name"] = REDACTED
         df["email"] = REDACTED
+    for column in COLUMNS:  # a scope limited to some fields shows the others empty
+        if not scope.allows_field(column):
+            df[column] = ""
     return df
 
 

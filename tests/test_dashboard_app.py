@@ -79,6 +79,10 @@ def test_find_searches_filters_sorts_and_redacts() -> None:
     assert narrow.empty, "a search on a field the scope may not see must not find it"
     shown = find(_table(), NARROW, text="c2")
     assert shown["name"].tolist() == [REDACTED] and shown["email"].tolist() == [REDACTED]
+    loyalty = Scope(fields=["loyalty_tier", "lifetime_value"])
+    row = find(_table(), loyalty, sort="lifetime_value").iloc[0]
+    assert (row["id"], row["loyalty_tier"], row["churn_risk"], row["segments"]) == (
+        "c1", "gold", "", ""), "fields outside the scope are shown empty"
     new_only = msgspec.convert({"pii": True, "entities": {"segment": "new"}}, Scope)
     assert sorted(find(_table(), new_only)["id"]) == ["c2", "c3"]
 
