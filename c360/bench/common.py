@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,12 +41,23 @@ class ChildFailed(RuntimeError):
 
 def run_child(argv: list[str], timeout: float, env: dict[str, str] | None = None,
               cwd: str | Path | None = None) -> dict[str, Any]:
-    """Run a child process that prints a JSON object as its last stdout line."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    """Run a child process that prints a JSON object as its last stdout line.
+
+    The child gets its own process group, killed whole on timeout: a peer's own children
+    (PyFlink's JVM) must not outlive it.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cwd,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        tail = (stderr or stdout).strip().splitlines()[-5:]
         raise ChildFailed(f"{Path(argv[1]).name if len(argv) > 1 else argv[0]} exited "
                           f"{proc.returncode}: " + " | ".join(tail))
     return json.loads(lines[-1])
