@@ -119,6 +119,32 @@ def test_scopes_file(tmp_path: Path) -> None:
         load_scopes(tmp_path / "missing.json")
 
 
+def test_customer_view_coalesces_and_flashes_changes() -> None:
+    from c360.delta import Delta
+    from c360.store import EntityStore
+    from dashboards.access import FULL
+    from dashboards.customer import CustomerView
+
+    store = EntityStore()
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+
+    def delta(version: int, **changes: Any) -> Delta:
+        return Delta("c1", "customer", version, t0, "loyalty", f"e{version}", changes)
+
+    store.apply([delta(1, name="Ana Lima", loyalty_points=10, email="ana@x.com")])
+    view = CustomerView(store, FULL)
+    view.open("c1")
+    assert view.redraws == 1 and view.kpis["loyalty_points"].value == 10
+    store.apply([delta(v, loyalty_points=10 * v) for v in range(2, 52)])  # 50 events
+    assert view.refresh() and view.redraws == 2, "50 versions between looks: one redraw"
+    assert view.kpis["loyalty_points"].value == 510
+    assert not view.refresh(), "no new version: nothing redrawn"
+    store.apply([delta(52, email="ana@y.com")])
+    view.refresh()
+    assert 'data-field="email" class="c360-flash">ana@y.com' in view.profile.object
+    assert 'class="c360-flash"' not in view.card.object.split("last seen")[0]
+
+
 # -- the served dashboard in a real browser ---------------------------------------------------
 @pytest.fixture(scope="module")
 def served(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
