@@ -125,8 +125,6 @@ class Result:
     sim_events: int = 0
     entities: int = 0
     kill_log: list[Kill] = field(default_factory=list)
-    final_restore_seconds: float | None = None
-    final_current_seconds: float | None = None
     export_equal: bool = False
     replica_equal: bool = False
     export_mismatches: list[str] = field(default_factory=list)
