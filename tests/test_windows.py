@@ -155,3 +155,25 @@ def test_the_relevance_table_is_declared_in_one_place() -> None:
     names = {r["field"] for r in rows}
     assert {"recent_searches", "spend_30d", "returns_rate_90d", "category_affinity",
             "monthly_spend"} <= names
+
+
+def test_recent_lists_do_not_depend_on_which_topic_was_read_first() -> None:
+    """An order 100 days older than a location ping of the same customer: read before the
+    ping, it leaves ``recent_orders`` (90 days) when the ping moves the customer's day on;
+    read after it, it must not stay either — else the list depends on topic read order."""
+    order = ev.Order(event_id="o1", event_time=START, customer_id="c1", order_id="o1",
+                     order_date=START, status="delivered", total_amount=10.0)
+    ping = ev.Location(event_id="l1", event_time=START + timedelta(days=100),
+                       customer_id="c1", latitude=1.0, longitude=2.0)
+
+    def fold(items: list[tuple[str, ev.Event]]) -> dict:
+        shard = Shard(EntityHooks(rules=False, segments=False), timedelta(hours=1))
+        for n, (stream, e) in enumerate(items):
+            shard.apply([Routed(stream, "customer", "c1", e, (stream, 0, n))], first_logic)
+        return shard.entities["c1"].fields
+
+    first = fold([("orders", order), ("location", ping)])
+    second = fold([("location", ping), ("orders", order)])
+    assert first["order_count"] == second["order_count"] == 1
+    assert first["recent_orders"] == second["recent_orders"] == []
+    assert first["recent_locations"] == second["recent_locations"]
