@@ -152,14 +152,14 @@ class CustomerView(pn.viewable.Viewer):
         self.redraws = 0
         self._version = -1
         self._shown: dict[str, Any] = {}
-        self.picker = pn.widgets.TextInput(name="Customer id", placeholder="cust-00042",
+        self.picker = pn.widgets.TextInput(label="Customer id", placeholder="cust-00042",
                                            css_classes=["c360-customer-id"], width=220)
         self.picker.param.watch(lambda e: self.open(e.new), "value")
         self.card = pn.pane.HTML("<i>Pick a customer in the finder, or type an id.</i>",
                                  stylesheets=[CSS], css_classes=["c360-card360"],
                                  sizing_mode=STRETCH)
         self.kpis = {f: pn.indicators.Number(
-            name=label, value=0, format=fmt, default_color=ACCENT, font_size="22pt",
+            label=label, value=0, format=fmt, default_color=ACCENT, font_size="22pt",
             title_size="10pt", css_classes=[f"c360-kpi-{f}"], sizing_mode=STRETCH,
             styles={**PANEL_STYLE, "padding": "2px 10px"}) for f, (label, fmt) in KPIS.items()}
         self.profile = pn.pane.HTML("", stylesheets=[CSS], css_classes=["c360-profile"],
@@ -223,19 +223,19 @@ class CustomerView(pn.viewable.Viewer):
 
     # -- commands --------------------------------------------------------------------------
     def _commands(self) -> pn.Column:
-        self.points = pn.widgets.IntInput(name="Points", value=100, start=1, width=110)
-        self.note = pn.widgets.TextInput(name="Note", placeholder="called about the return",
+        self.points = pn.widgets.IntInput(label="Points", value=100, start=1, width=110)
+        self.note = pn.widgets.TextInput(label="Note", placeholder="called about the return",
                                          css_classes=["c360-note-text"], width=260)
-        self.channel = pn.widgets.Select(name="Channel", options=CHANNELS, width=120)
+        self.channel = pn.widgets.Select(label="Channel", options=CHANNELS, width=120)
         buttons = {
-            "grant_points": pn.widgets.Button(name="Grant points", button_type="primary",
+            "grant_points": pn.widgets.Button(label="Grant points", color="primary",
                                               css_classes=["c360-cmd-grant"], align="end"),
-            "add_note": pn.widgets.Button(name="Add note", button_type="primary",
+            "add_note": pn.widgets.Button(label="Add note", color="primary",
                                           css_classes=["c360-cmd-note"], align="end"),
-            "mark_contacted": pn.widgets.Button(name="Mark contacted", button_type="primary",
+            "mark_contacted": pn.widgets.Button(label="Mark contacted", color="primary",
                                                 css_classes=["c360-cmd-contacted"],
                                                 align="end"),
-            "send_offer": pn.widgets.Button(name="Send the offer", button_type="success",
+            "send_offer": pn.widgets.Button(label="Send the offer", color="success",
                                             css_classes=["c360-cmd-offer"], align="end"),
         }
         for name, b in buttons.items():

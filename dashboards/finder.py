@@ -63,12 +63,12 @@ class FinderPage(pn.viewable.Viewer):
         self.feed, self.scope, self._on_open = feed, scope, on_open
         self._last: tuple[Any, ...] = ()
         placeholder = "name, email or id" if scope.pii else "customer id (no PII scope)"
-        self.search = pn.widgets.TextInput(name="Search", placeholder=placeholder,
+        self.search = pn.widgets.TextInput(label="Search", placeholder=placeholder,
                                            css_classes=["c360-search"], width=320)
-        self.segment = pn.widgets.Select(name="Segment", options=[ALL], value=ALL, width=200,
+        self.segment = pn.widgets.Select(label="Segment", options=[ALL], value=ALL, width=200,
                                          css_classes=["c360-segment"])
-        self.sort = pn.widgets.RadioButtonGroup(name="Sort by", options=list(SORTS),
-                                                value="Lifetime value", button_type="primary",
+        self.sort = pn.widgets.RadioButtonGroup(label="Sort by", options=list(SORTS),
+                                                value="Lifetime value", color="primary",
                                                 css_classes=["c360-sort"], align="end")
         self.table = PatchedTable(COLUMNS, height=TOP_N * 30 + 40, css_class="c360-finder")
         self.table.widget.on_click(self._clicked)

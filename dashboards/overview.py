@@ -27,7 +27,7 @@ STRETCH = "stretch_width"
 
 def _kpi(label: str, fmt: str, css: str) -> pn.indicators.Number:
     return pn.indicators.Number(
-        name=label, value=0, format=fmt, default_color=ACCENT, font_size="26pt",
+        label=label, value=0, format=fmt, default_color=ACCENT, font_size="26pt",
         title_size="10pt", css_classes=[css], sizing_mode=STRETCH,
         styles={**PANEL_STYLE, "padding": "2px 12px 6px 12px"})
 
