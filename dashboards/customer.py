@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading, format_
 from dashboards.tables import PatchedTable
 
 PERIOD_MS = 100  # at most ten redraws per second per view
+STOCK_EVERY_S = 1.0  # how often the wishlist's stock is looked up between customer changes
 STRETCH = "stretch_width"
 KPIS = {"lifetime_value": ("Lifetime value", "{value:,.2f}"),
         "spend_30d": ("Spend, 30 days", "{value:,.2f}"),
@@ -152,6 +154,7 @@ class CustomerView(pn.viewable.Viewer):
         self.redraws = 0
         self._version = -1
         self._shown: dict[str, Any] = {}
+        self._stock_checked = 0.0
         self.picker = pn.widgets.TextInput(label="Customer id", placeholder="cust-00042",
                                            css_classes=["c360-customer-id"], width=220)
         self.picker.param.watch(lambda e: self.open(e.new), "value")
@@ -320,6 +323,13 @@ class CustomerView(pn.viewable.Viewer):
                                     f"<code>{html.escape(eid)}</code> {what}.</div>")
             return False
         if raw["version"] == self._version:
+            # Stock lives in the product entities: the wishlist follows it without the
+            # customer changing (sent only when a row differs).
+            now = time.monotonic()
+            if now - self._stock_checked >= STOCK_EVERY_S:
+                self._stock_checked = now
+                self.tables["wishlist"].update(
+                    [self._wish(pid) for pid in self._shown.get("wishlist") or ()])
             return False
         entity = redact(raw, self.scope)
         old = self._shown

@@ -145,6 +145,27 @@ def test_customer_view_coalesces_and_flashes_changes() -> None:
     assert 'class="c360-flash"' not in view.card.object.split("last seen")[0]
 
 
+def test_wishlist_follows_stock_without_a_customer_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dashboards.customer as customer
+    from c360.delta import Delta
+    from c360.store import EntityStore
+    from dashboards.access import FULL
+
+    monkeypatch.setattr(customer, "STOCK_EVERY_S", 0.0)
+    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    store = EntityStore()
+    store.apply([Delta("p1", "product", 1, t0, "inventory", "i1",
+                       {"name": "Raincoat", "total_stock": 0}),
+                 Delta("c1", "customer", 1, t0, "wishlist", "w1", {"wishlist": ["p1"]})])
+    view = customer.CustomerView(store, FULL)
+    view.open("c1")
+    assert view.tables["wishlist"].rows == [("p1", "Raincoat", "0", "out of stock")]
+    store.apply([Delta("p1", "product", 2, t0, "inventory", "i2", {"total_stock": 7})])
+    assert not view.refresh(), "the customer did not change"
+    assert view.tables["wishlist"].rows == [("p1", "Raincoat", "7", "in stock")]
+
+
 # -- the served dashboard in a real browser ---------------------------------------------------
 @pytest.fixture(scope="module")
 def served(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
