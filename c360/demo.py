@@ -127,6 +127,7 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
 
     from dashboards.access import FULL
     from dashboards.app import app as dashboard
+    from dashboards.feed import reset as feed_reset
     from dashboards.live import app
 
     settings = settings or Settings.from_env()
@@ -201,6 +202,7 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         say("stopping...")
         if sync is not None:
             sync.stop()  # before the dataflow: it reads the store the dataflow writes
+        feed_reset()  # the dashboard's feed reads Kafka too: stop it before the broker
         code = _shutdown(simulator, pipeline, server, broker) or code
         for sig, handler in previous.items():
             signal.signal(sig, handler)
