@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from c360.config import Settings
 from c360.errors import BrokerError
@@ -295,17 +296,32 @@ class TopicWatch:
         self._admin = None
         self._ids: dict[str, str] = {}  # topic -> id when first seen
         self._next = 0.0
+        self._pending: dict[str, Any] | None = None  # describe futures not yet judged
         self._reachable_at = time.monotonic()
 
     def check(self, force: bool = False) -> None:
-        """At most once per ``interval`` (or now, with ``force``): raise if the topics are
-        gone or re-created, or if the broker has been unreachable too long (with
-        ``force``: unreachable at all, as a bounded run must not end on an outage)."""
+        """Raise if the topics are gone or re-created, or if the broker has been unreachable
+        too long. Never blocks the dataflow: a describe request is sent at most once per
+        ``interval`` and judged on a later call once answered. With ``force`` it waits for
+        an answer (and an unreachable broker at all is an error: a bounded run must not end
+        on an outage)."""
         now = time.monotonic()
-        if not force and now < self._next:
+        if force:
+            self._pending = None
+            self._judge(self._collect(self._request()), now, force=True)
             return
-        self._next = now + self._interval
-        ids, gone, failure = self._describe()
+        if self._pending is not None:
+            if not all(f.done() for f in self._pending.values()):
+                return
+            answer, self._pending = self._collect(self._pending), None
+            self._judge(answer, now, force=False)
+        if now >= self._next:
+            self._next = now + self._interval
+            self._pending = self._request()
+
+    def _judge(self, answer: tuple[dict[str, str], list[str], str | None], now: float,
+               force: bool) -> None:
+        ids, gone, failure = answer
         if failure is not None:
             down = now - self._reachable_at
             if force or down >= self._unreachable_timeout:
@@ -329,15 +345,21 @@ class TopicWatch:
                 "in the store; events produced around the restart are lost. "
                 + BROKER_GUIDANCE)
 
-    def _describe(self) -> tuple[dict[str, str], list[str], str | None]:
-        """(topic ids, topics missing, None) or ({}, [], why the broker did not answer)."""
-        from confluent_kafka import KafkaError, KafkaException, TopicCollection
+    def _request(self) -> dict[str, Any]:
+        """Futures of a describe request for every topic (sent, not awaited)."""
+        from confluent_kafka import TopicCollection
         from confluent_kafka.admin import AdminClient
 
         if self._admin is None:
             self._admin = AdminClient(self._config)
-        futures = self._admin.describe_topics(TopicCollection(self._topics),
-                                              request_timeout=max(self._interval, 1.0))
+        return self._admin.describe_topics(TopicCollection(self._topics),
+                                           request_timeout=max(self._interval, 1.0))
+
+    @staticmethod
+    def _collect(futures: dict[str, Any]) -> tuple[dict[str, str], list[str], str | None]:
+        """(topic ids, topics missing, None) or ({}, [], why the broker did not answer)."""
+        from confluent_kafka import KafkaError, KafkaException
+
         ids: dict[str, str] = {}
         gone: list[str] = []
         for topic, future in futures.items():

@@ -114,6 +114,7 @@ QUIET_AFTER = timedelta(days=1)
 RELEVANCE: tuple[Recent | Windowed | Decayed | RolledUp | Evicted, ...] = (
     *RECENT, *WINDOWED, *DECAYED, ROLLED_UP, EVICTED)
 LIMITS: dict[str, int] = {r.field: r.limit for r in RECENT}
+_RECENT_OF: dict[str, Recent] = {r.field: r for r in RECENT}
 _MEASURES = ("spend", "orders", "returns")
 _WINDOWS_OF = {m: tuple(w for w in WINDOWED if w.measure == m) for m in _MEASURES}
 _TAU = {d.field: d.half_life.total_seconds() / math.log(2) for d in DECAYED}
@@ -234,8 +235,10 @@ def _drop_stale(day: int, changes: dict[str, Any], out: dict[str, Any]) -> None:
     depend on which topic happened to be read first.
     """
     start_of_day: datetime | None = None
-    for r in RECENT:
-        items = out[r.field] if r.field in out else changes.get(r.field)
+    # Only the lists this event touched (a few keys), not every recent list per event.
+    for name in {*changes, *out}.intersection(_RECENT_OF):
+        r = _RECENT_OF[name]
+        items = out[name] if name in out else changes[name]
         if not items:
             continue
         if start_of_day is None:
