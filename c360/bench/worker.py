@@ -157,12 +157,16 @@ def run_memory(args: dict[str, Any]) -> dict[str, Any]:
     """Fold ``events`` simulated events into shards and a store; RSS growth per customer."""
     import gc
     import pickle
+    from datetime import timedelta
 
     from c360.bench.data import START
     from c360.events import Catalogue
+    from c360.hooks import EntityHooks
     from c360.logic import first_logic
     from c360.pipeline import tune_gc
     from c360.shard import Routed, Shard, shard_of
+
+    lateness = timedelta(hours=1)  # the dataflow's default allowed lateness
     from c360.simulator import generate
     from c360.store import EntityStore
 
@@ -180,7 +184,8 @@ def run_memory(args: dict[str, Any]) -> dict[str, Any]:
         for key, routed in batch.items():
             shard = shards.get(key)
             if shard is None:
-                shard = shards[key] = Shard()
+                # The dataflow's default hooks: relevance windows, rules, segments.
+                shard = shards[key] = Shard(EntityHooks(allowed_lateness=lateness), lateness)
             deltas, _ = shard.apply(routed, first_logic)
             store.apply(deltas)
         batch.clear()
