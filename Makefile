@@ -31,7 +31,7 @@ s3rver: setup
 	  echo "npm not found: the durable-broker test will try to install s3rver itself"
 
 test: setup browser s3rver
-	$(BIN)/ruff check c360 dataflows dashboards tests
+	$(BIN)/ruff check c360 dataflows dashboards tests benchmarks notebooks/builders
 	$(BIN)/python -m pytest -ra --durations=15 --nbval-lax tests notebooks
 
 # JupyterLab refuses to start as root (as in many containers) unless told it may.
