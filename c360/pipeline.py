@@ -103,13 +103,14 @@ class Pipeline:
                  workers: int = 1, logic: Logic | None = first_logic,
                  idle_timeout: float | None = None, recovery_dir: str | Path | None = None,
                  snapshot_interval: float = 1.0, changes_topic: str | None = None,
-                 hooks: EntityHooks | None = None, addresses: list[str] | None = None,
-                 process_id: int = 0) -> None:
+                 hooks: EntityHooks | None = None, analytics: bool = True,
+                 addresses: list[str] | None = None, process_id: int = 0) -> None:
         """``recovery_dir``: run with bytewax recovery there, snapshotting every
         ``snapshot_interval`` seconds (:mod:`c360.recovery`). ``changes_topic``: also
         publish every entity change there (:mod:`c360.changes`; ``Catalogue.changes_topic``
         is the usual one). ``addresses``/``process_id``: this process's place in a cluster
-        of dataflow processes (bytewax ``-a``/``-i``). ``hooks``: see ``build_flow``."""
+        of dataflow processes (bytewax ``-a``/``-i``). ``hooks``, ``analytics``: see
+        ``build_flow``."""
         self.settings = settings or Settings.from_env()
         self.store = store if store is not None else EntityStore()
         self.catalogue = Catalogue(self.settings.topic_prefix)
@@ -126,6 +127,7 @@ class Pipeline:
         self.snapshot_interval = snapshot_interval
         self.changes_topic = changes_topic
         self.hooks = hooks
+        self.analytics = analytics
         self.addresses = addresses or []
         self.process_id = process_id
         self.run_id = new_run_id()  # tags this run's records on the changes topic
@@ -150,7 +152,7 @@ class Pipeline:
         changes = changes_sink(s, self.changes_topic) if self.changes_topic else None
         return build_flow(self.source, StoreSink(self.store, self.recoverable), dlq,
                           late_sink=late, changes_sink=changes, run_id=self.run_id,
-                          hooks=self.hooks,
+                          hooks=self.hooks, analytics=self.analytics,
                           decisions_sink=decisions, catalogue=self.catalogue,
                           logic=self.logic, max_event_bytes=s.max_event_bytes,
                           allowed_lateness=timedelta(seconds=s.allowed_lateness_s),

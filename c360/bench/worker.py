@@ -105,11 +105,18 @@ def run_c360(args: dict[str, Any]) -> dict[str, Any]:
                     done.set()
 
     settings = _settings(args)
-    if args.get("logic_off"):
-        _logic_off()
     store = BenchStore()
     rss0 = rss_bytes()
-    pipeline = Pipeline(settings, store, workers=args.get("workers", 1))
+    if args.get("logic_off"):
+        # Section 2's like-for-like leg: no rules, relevance windows, segments, global
+        # analytics or logic function; every stream still folds into its entity.
+        from c360.hooks import EntityHooks
+
+        off = EntityHooks(windows=False, rules=False, segments=False)
+        pipeline = Pipeline(settings, store, workers=args.get("workers", 1), logic=None,
+                            hooks=off, analytics=False)
+    else:
+        pipeline = Pipeline(settings, store, workers=args.get("workers", 1))
     clock = Clock()
     pipeline.start()
     while not done.wait(0.2):
@@ -130,27 +137,6 @@ def run_c360(args: dict[str, Any]) -> dict[str, Any]:
     })
     pipeline.stop()
     return result
-
-
-def _logic_off() -> None:
-    """Build this process's dataflow with the business logic off: no rules, relevance
-    windows, segments, global analytics or logic function; the fold of each stream into
-    the entity and the deltas into the store stay (section 2's like-for-like leg).
-
-    ``Pipeline.build`` looks ``build_flow`` up when it runs, so replacing it here (in the
-    worker process only) reaches it without a bench-only option in the pipeline.
-    """
-    import dataflows.customer360 as flow
-    from c360.hooks import EntityHooks
-
-    original = flow.build_flow
-
-    def logic_off(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(hooks=EntityHooks(windows=False, rules=False, segments=False),
-                      analytics=False, logic=None)
-        return original(*args, **kwargs)
-
-    flow.build_flow = logic_off
 
 
 def run_memory(args: dict[str, Any]) -> dict[str, Any]:
