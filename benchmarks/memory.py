@@ -21,6 +21,7 @@ import itertools
 import pickle
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -49,6 +50,31 @@ def state_bytes(shards: dict[str, Shard]) -> tuple[int, int]:
     return total, customers
 
 
+def breakdown(shards: dict[str, Shard]) -> Counter[str]:
+    """Pickled bytes per customer of each part of the state: bookkeeping and each field."""
+    parts: Counter[str] = Counter()
+    customers = 0
+    for shard in shards.values():
+        for state in shard.entities.values():
+            if state.windows is None:
+                continue
+            customers += 1
+            for name in ("windows", "seen", "orders", "cart_marks", "fired"):
+                parts[name] += len(pickle.dumps(getattr(state, name), pickle.HIGHEST_PROTOCOL))
+            for name, value in state.fields.items():
+                parts[f"fields.{name}"] += len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    return Counter({k: v / max(customers, 1) for k, v in parts.items()})
+
+
+def print_growth(at_half: Counter[str], at_end: Counter[str]) -> None:
+    print("\nper customer, pickled bytes (each part apart):\n"
+          f"{'part':>28} {'at half':>9} {'at end':>9} {'growth':>8}")
+    for name in sorted(at_half.keys() | at_end.keys(),
+                       key=lambda k: at_half.get(k, 0) - at_end.get(k, 0))[:15]:
+        print(f"{name:>28} {at_half.get(name, 0):>9.1f} {at_end.get(name, 0):>9.1f} "
+              f"{at_end.get(name, 0) - at_half.get(name, 0):>+8.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=5_000_000)
@@ -56,6 +82,8 @@ def main() -> None:
     ap.add_argument("--tick", type=float, default=3.0, help="seconds of event time per event")
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also show which parts of the state grew over the second half")
     args = ap.parse_args()
 
     tune_gc()
@@ -67,6 +95,7 @@ def main() -> None:
     every = args.events // args.samples
     proc = psutil.Process()
     rows = []
+    parts: list[Counter[str]] = []
     decisions = 0
     by_shard: dict[str, list[Routed]] = {}
     began = time.process_time()
@@ -91,6 +120,8 @@ def main() -> None:
             row = (n, day, customers, size, size / max(customers, 1),
                    proc.memory_info().rss, time.process_time() - began)
             rows.append(row)
+            if args.breakdown and n in (every * (args.samples // 2), every * args.samples):
+                parts.append(breakdown(shards))
             print(f"{n:>10,} {day:>10} {customers:>10,} {size / 1e6:>9.1f} "
                   f"{size / max(customers, 1):>10,.0f} {row[5] / 1e6:>8.0f} {row[6]:>7.0f}",
                   flush=True)
@@ -102,6 +133,8 @@ def main() -> None:
           f"{first[3] / 1e6:.1f} -> {last[3] / 1e6:.1f} MB ({growth:+.1f}%), "
           f"per customer {first[4]:,.0f} -> {last[4]:,.0f} B ({per_customer:+.1f}%); "
           f"{decisions:,} decisions; {args.events / rows[-1][6]:,.0f} events per CPU-second")
+    if len(parts) == 2:
+        print_growth(*parts)
 
 
 if __name__ == "__main__":

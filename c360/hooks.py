@@ -193,6 +193,8 @@ class EntityHooks:
             self._segments(fields, changes, notes, swept=True)
         if quiet >= win.EVICTED.after:
             state.seen.clear()  # duplicates of events this old are not expected any more
+            state.cart_marks.clear()  # the cart went with the rest of the detail
+            _forget(state, watermark)
         return changes or None
 
 
@@ -211,7 +213,7 @@ def _forget(state: EntityState, now: datetime) -> None:
         for k in [k for k, t in fired.items() if t < horizon]:
             del fired[k]
     orders = state.orders
-    if len(orders) > win.LIMITS["recent_orders"]:
+    if orders:
         recent = {o["order_id"] for o in state.fields.get("recent_orders") or ()}
         for k in [k for k, s in orders.items() if s in SETTLED and k not in recent]:
             del orders[k]

@@ -63,8 +63,8 @@ class Decayed:
 
 @dataclass(frozen=True)
 class RolledUp:
-    """Daily buckets older than ``daily_days`` fold into months; months older than
-    ``months`` are forgotten."""
+    """Daily buckets older than ``daily_days`` fold into months; only the last ``months``
+    calendar months (today's included) are kept."""
 
     field: str
     daily_days: int
@@ -105,8 +105,11 @@ DECAYED: tuple[Decayed, ...] = (
     Decayed("social_sentiment", timedelta(days=7), 1, "social: decayed mean sentiment"),
 )
 ROLLED_UP = RolledUp("monthly_spend", daily_days=90, months=24)
+# Summaries (counts, totals, windows, scores, roll-ups, profile, wishlist) stay; what
+# described the customer's last visit goes: where they were, its weather, their cart.
 EVICTED = Evicted(("recent_searches", "recent_views", "recent_locations", "recent_orders",
-                   "recent_returns", "nearby_events", "last_social", "last_review"),
+                   "recent_returns", "nearby_events", "last_social", "last_review",
+                   "last_payment", "location", "weather", "cart"),
                   after=timedelta(days=90))
 # A customer quiet this long is decayed and rolled forward by the shard's sweep.
 QUIET_AFTER = timedelta(days=1)
@@ -154,27 +157,31 @@ def _month_of(day: int) -> str:
     return (EPOCH + timedelta(days=day)).strftime("%Y-%m")
 
 
+def _month_of_index(index: int) -> str:
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
 class Windows:
     """An entity's private window bookkeeping (kept in ``EntityState.windows``)."""
 
-    __slots__ = ("now", "day", "daily", "monthly", "scores", "refs", "quiet")
+    __slots__ = ("now", "day", "daily", "scores", "refs", "quiet")
 
     def __init__(self) -> None:
         self.now: datetime | None = None  # latest event time of the entity
         self.day = -1  # the day windows are computed at (today, or later after a sweep)
         # measure -> day -> amount (cents for spend, counts otherwise)
         self.daily: dict[str, dict[int, int]] = {}
-        self.monthly: dict[str, int] = {}  # "YYYY-MM" -> cents
+        # Months live only in the public ``monthly_spend`` field (money with two decimals,
+        # which converts back to exact cents): a second copy here would double their memory.
         self.scores: dict[str, dict[str, float]] = {}  # decayed field -> key -> value at ref
         self.refs: dict[str, float] = {}  # decayed field -> time (epoch s) its values are at
         self.quiet = False  # swept as quiet; cleared by the next event
 
     def __getstate__(self) -> tuple:
-        return (self.now, self.day, self.daily, self.monthly, self.scores, self.refs, self.quiet)
+        return (self.now, self.day, self.daily, self.scores, self.refs, self.quiet)
 
     def __setstate__(self, state: tuple) -> None:
-        (self.now, self.day, self.daily, self.monthly, self.scores, self.refs,
-         self.quiet) = state
+        self.now, self.day, self.daily, self.scores, self.refs, self.quiet = state
 
 
 Notes = list[tuple[str, dict[str, Any]]]  # lifecycle events to emit: (type, detail)
@@ -261,10 +268,11 @@ def _insert_by_time(items: list | None, item: dict, limit: int) -> list:
 def _add(w: Windows, measure: str, day: int, amount: int, fields: dict[str, Any],
          out: dict[str, Any]) -> None:
     if day <= w.day - ROLLED_UP.daily_days:  # older than any window: straight into its month
-        if measure == "spend":
+        if measure == "spend" and _month_index(day) > _month_index(w.day) - ROLLED_UP.months:
+            months = _months(out, fields)
             month = _month_of(day)
-            w.monthly[month] = w.monthly.get(month, 0) + amount
-            out["monthly_spend"] = _monthly(w)
+            months[month] = months.get(month, 0) + amount
+            out[ROLLED_UP.field] = _published_months(months)
         return
     buckets = w.daily.setdefault(measure, {})
     buckets[day] = buckets.get(day, 0) + amount
@@ -293,8 +301,19 @@ def _ratios(fields: dict[str, Any], out: dict[str, Any]) -> None:
             out[name] = value
 
 
-def _monthly(w: Windows) -> dict[str, float]:
-    return {m: w.monthly[m] / 100 for m in sorted(w.monthly)}
+def _month_index(day: int) -> int:
+    d = (EPOCH + timedelta(days=day)).date()
+    return d.year * 12 + d.month - 1
+
+
+def _months(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, int]:
+    """The roll-up in cents, from the field (or from this event's update of it)."""
+    months = out.get(ROLLED_UP.field, fields.get(ROLLED_UP.field)) or {}
+    return {m: round(v * 100) for m, v in months.items()}
+
+
+def _published_months(months: dict[str, int]) -> dict[str, float]:
+    return {m: months[m] / 100 for m in sorted(months)}
 
 
 def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any],
@@ -313,22 +332,31 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
             if len(kept) != len(items):
                 out[r.field] = kept
     oldest = today - ROLLED_UP.daily_days
+    months: dict[str, int] | None = None
     rolled = 0
     for measure, buckets in w.daily.items():
         old = [d for d in buckets if d <= oldest]
         for d in old:
             amount = buckets.pop(d)
             if measure == "spend":
+                if months is None:
+                    months = _months(out, fields)
                 month = _month_of(d)
-                w.monthly[month] = w.monthly.get(month, 0) + amount
+                months[month] = months.get(month, 0) + amount
                 rolled += 1
-    if len(w.monthly) > ROLLED_UP.months:
-        gone = sorted(w.monthly)[: len(w.monthly) - ROLLED_UP.months]
-        for m in gone:
-            del w.monthly[m]
+    # Bounded in time, not only in count: a customer who spends in few months must not
+    # keep them for years.
+    first_kept = _month_of_index(_month_index(today) - ROLLED_UP.months + 1)
+    if months is None and fields.get(ROLLED_UP.field) and min(fields[ROLLED_UP.field]) < first_kept:
+        months = _months(out, fields)
+    gone = sorted(m for m in months or () if m < first_kept)
+    for m in gone:
+        del months[m]  # type: ignore[union-attr]
+    if gone:
         notes.append(("forgotten", {"field": ROLLED_UP.field, "months": gone}))
+    if rolled or gone:
+        out[ROLLED_UP.field] = _published_months(months)  # type: ignore[arg-type]
     if rolled:
-        out["monthly_spend"] = _monthly(w)
         notes.append(("rolled_up", {"field": ROLLED_UP.field, "days": rolled}))
     for measure in _MEASURES:
         buckets = w.daily.get(measure, {})

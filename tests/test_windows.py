@@ -149,6 +149,49 @@ def test_quiet_customers_decay_roll_up_and_are_evicted_without_events() -> None:
     assert all(d.stream == "relevance" for d in mine if not isinstance(d, Lifecycle))
 
 
+def test_a_dormant_customer_keeps_its_summary_and_loses_its_last_visit() -> None:
+    """Eviction bounds what a customer holds by time, not by how many events it had: after
+    90 quiet days the last visit's detail goes (cart included, so an add starts a new
+    cart), and months of spend older than 24 calendar months are forgotten."""
+    shard = Shard(EntityHooks(sweep_per_batch=10), allowed_lateness=timedelta(hours=1))
+
+    def apply(stream: str, event: ev.Event) -> list:
+        deltas, failed = shard.apply(
+            [Routed(stream, "customer", ev.key_of(event), event, ("t", 0, 0))], first_logic)
+        assert failed == []
+        return deltas
+
+    apply("payments", ev.Payment(event_id="a1", event_time=START, customer_id="quiet",
+                                 order_id="o1", payment_date=START, method="card", amount=50.0))
+    apply("location", ev.Location(event_id="a2", event_time=START, customer_id="quiet",
+                                  latitude=2, longitude=2, city="Lyon"))
+    apply("search", ev.Search(event_id="a3", event_time=START, customer_id="quiet",
+                              event_type="add_to_cart", product_id="old"))
+    quiet = shard.entity("quiet")
+    assert quiet is not None and quiet["cart"] and quiet["location"]["city"] == "Lyon"
+    out = []
+    for day in range(1, 800):  # another customer keeps the shard's event time moving
+        t = START + timedelta(days=day)
+        out += apply("location", ev.Location(event_id=f"b{day}", event_time=t,
+                                             customer_id="busy", latitude=1, longitude=1))
+        if day == 100:
+            quiet = shard.entity("quiet")
+            assert quiet is not None
+            assert all(quiet[f] is None for f in ("cart", "location", "last_payment"))
+            assert quiet["total_spent"] == 50.0 and quiet["payment_count"] == 1
+            assert quiet["monthly_spend"] == {"2026-01": 50.0}
+    quiet = shard.entity("quiet")
+    assert quiet is not None and quiet["monthly_spend"] == {}  # January 2026 is 26 months back
+    forgotten = [d.detail for d in out if isinstance(d, Lifecycle) and d.type == "forgotten"
+                 and d.entity_id == "quiet"]
+    assert forgotten == [{"field": "monthly_spend", "months": ["2026-01"]}]
+    t = START + timedelta(days=800)
+    apply("search", ev.Search(event_id="a4", event_time=t, customer_id="quiet",
+                              event_type="add_to_cart", product_id="new"))
+    quiet = shard.entity("quiet")
+    assert quiet is not None and [c["product_id"] for c in quiet["cart"]] == ["new"]
+
+
 def test_the_relevance_table_is_declared_in_one_place() -> None:
     rows = relevance_table()
     assert len(rows) >= len(RELEVANCE)
