@@ -208,20 +208,18 @@ def _forget(state: EntityState, now: datetime) -> None:
     ago. Each is bounded in count already; this bounds them in time too, so a customer's
     memory stops growing long before the counts are reached."""
     horizon = (now - FORGET_AFTER).timestamp()
-    fired = state.fired
-    if fired:
-        for k in [k for k, t in fired.items() if t < horizon]:
-            del fired[k]
-    orders = state.orders
-    if orders:
+    # Each is rebuilt rather than deleted from: a CPython dict never gives back the room
+    # it once needed, so deleting alone would leave every customer at its busiest size.
+    if state.fired:
+        state.fired = {k: t for k, t in state.fired.items() if t >= horizon}
+    if state.orders:
         recent = {o["order_id"] for o in state.fields.get("recent_orders") or ()}
-        for k in [k for k, s in orders.items() if s in SETTLED and k not in recent]:
-            del orders[k]
-    marks = state.cart_marks
-    if marks:
+        state.orders = {k: s for k, s in state.orders.items()
+                        if s not in SETTLED or k in recent}
+    if state.cart_marks:
         old = now - FORGET_AFTER
-        for k in [k for k, (t, action) in marks.items() if action == 0 and t < old]:
-            del marks[k]
+        state.cart_marks = {k: m for k, m in state.cart_marks.items()
+                            if m[1] != 0 or m[0] >= old}
 
 
 def _complete(d: rules_mod.Decision, r: rules_mod.Rule, entity_id: str,

@@ -373,8 +373,8 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
         if w.refs[name] < start:
             _rebase(w, name, start)
             if name != "social_sentiment":  # dust is not worth its memory (nor published)
-                for k in [k for k, v in scores.items() if v < 0.0005]:
-                    del scores[k]
+                # A new dict: deleting from one would keep the room it once needed.
+                w.scores[name] = {k: v for k, v in scores.items() if v >= 0.0005}
             out[name] = _sentiment(w) if name == "social_sentiment" else _public(w, name)
             decayed.append(name)
     if decayed:
@@ -402,9 +402,8 @@ def _score(w: Windows, name: str, key: str, weight: float, ts: float,
     else:  # an older event counts for what is left of it now
         scores[key] = scores.get(key, 0.0) + weight * math.exp(-(ref - ts) / _TAU[name])
     keep = _KEEP[name]
-    if name != "social_sentiment" and len(scores) > 2 * keep:  # bounded: drop the weakest
-        for k, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[: len(scores) - keep]:
-            del scores[k]
+    if name != "social_sentiment" and len(scores) > 2 * keep:  # bounded: keep the strongest
+        w.scores[name] = dict(sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[-keep:])
     if out is not None:
         out[name] = _public(w, name)
 
