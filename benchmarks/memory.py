@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
+from pympler import asizeof
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,14 +49,17 @@ SHARDS = 16
 BATCH = 2_000
 
 
-def state_bytes(shards: dict[str, Shard]) -> tuple[int, int]:
-    """Pickled size of all customer entity states, and how many customers there are."""
+def state_bytes(shards: dict[str, Shard]) -> tuple[int, int, int]:
+    """Pickled size of all customer entity states, their size in memory (Python objects,
+    each counted once however many entities share it) and how many customers there are."""
     total = customers = 0
+    live: list = []
     for shard in shards.values():
         states = {k: v for k, v in shard.entities.items() if v.windows is not None}
         customers += len(states)
         total += len(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))
-    return total, customers
+        live.extend(states.values())
+    return total, asizeof.asizeof(live), customers
 
 
 def breakdown(shards: dict[str, Shard]) -> Counter[str]:
@@ -107,10 +111,11 @@ def main() -> None:
     decisions = 0
     by_shard: dict[str, list[Routed]] = {}
     began = time.process_time()
+    measuring = 0.0  # CPU spent sizing the state, left out of the rate
     source = itertools.islice(generate(args.customers, args.seed, start,
                                        tick=timedelta(seconds=args.tick)), args.events)
     print(f"{'events':>10} {'event day':>10} {'customers':>10} {'state MB':>9} "
-          f"{'B/customer':>10} {'RSS MB':>8} {'CPU s':>7}", flush=True)
+          f"{'B/customer':>10} {'live MB':>8} {'RSS MB':>8} {'CPU s':>7}", flush=True)
     for n, (stream, key, event) in enumerate(source, 1):
         kind = "product" if stream in ("products", "inventory") else "customer"
         by_shard.setdefault(shard_of(kind, key, SHARDS), []).append(
@@ -123,23 +128,30 @@ def main() -> None:
             by_shard = {}
         if n % every == 0:
             gc.collect()
-            size, customers = state_bytes(shards)
+            cpu = time.process_time() - began - measuring  # the folding alone
+            measured = time.process_time()
+            size, live, customers = state_bytes(shards)
             day = (event.event_time - start).days
             row = (n, day, customers, size, size / max(customers, 1),
-                   proc.memory_info().rss, time.process_time() - began)
+                   proc.memory_info().rss, cpu, live)
             rows.append(row)
             if args.breakdown and n in (every * (args.samples // 2), every * args.samples):
                 parts.append(breakdown(shards))
+            measuring += time.process_time() - measured
             print(f"{n:>10,} {day:>10} {customers:>10,} {size / 1e6:>9.1f} "
-                  f"{size / max(customers, 1):>10,.0f} {row[5] / 1e6:>8.0f} {row[6]:>7.0f}",
-                  flush=True)
+                  f"{size / max(customers, 1):>10,.0f} {live / 1e6:>8.1f} {row[5] / 1e6:>8.0f} "
+                  f"{row[6]:>7.0f}", flush=True)
     half = [r for r in rows if r[0] >= args.events // 2]
     first, last = half[0], half[-1]
     growth = (last[3] - first[3]) / first[3] * 100
     per_customer = (last[4] - first[4]) / first[4] * 100
+    live_growth = (last[7] - first[7]) / first[7] * 100
+    rss_growth = (last[5] - first[5]) / first[5] * 100
     print(f"\nsecond half ({first[0]:,} -> {last[0]:,} events): entity state "
           f"{first[3] / 1e6:.1f} -> {last[3] / 1e6:.1f} MB ({growth:+.1f}%), "
           f"per customer {first[4]:,.0f} -> {last[4]:,.0f} B ({per_customer:+.1f}%); "
+          f"in memory {first[7] / 1e6:.1f} -> {last[7] / 1e6:.1f} MB ({live_growth:+.1f}%); "
+          f"process RSS {first[5] / 1e6:,.0f} -> {last[5] / 1e6:,.0f} MB ({rss_growth:+.1f}%); "
           f"{decisions:,} decisions; {args.events / rows[-1][6]:,.0f} events per CPU-second")
     if len(parts) == 2:
         print_growth(*parts)

@@ -1,4 +1,5 @@
-"""`benchmarks/memory.py` runs end to end at a small scale and reports state size over time,
+"""`benchmarks/memory.py` runs end to end at a small scale and reports state size (pickled and
+in memory) over time,
 the second half's growth and, with --breakdown, which parts of the state grew (harness
 only: whether memory is flat is the benchmark's result at full scale, docs/analytics.md)."""
 
@@ -25,6 +26,9 @@ def test_memory_benchmark_reports_growth_and_its_parts() -> None:
     assert growth, out
     before, after, pct = (float(g.replace(",", "")) for g in growth.groups())
     assert abs((after - before) / before * 100 - pct) < 0.1
+    # Besides the pickled state: the entities' size in memory and the process's RSS.
+    assert re.search(r"in memory [\d.]+ -> [\d.]+ MB \([+-][\d.]+%\); "
+                     r"process RSS [\d,]+ -> [\d,]+ MB", out), out
     parts = dict(re.findall(r"^\s+(\S+)\s+[\d.]+\s+[\d.]+\s+([+-][\d.]+)$", out, re.M))
     # The parts named are the real state: bookkeeping and the fields the windows maintain.
     assert {"windows", "fields.monthly_spend"} & parts.keys(), out
