@@ -1,7 +1,7 @@
 """`benchmarks/memory.py` runs end to end at a small scale and reports state size (pickled and
-in memory) over time,
-the second half's growth and, with --breakdown, which parts of the state grew (harness
-only: whether memory is flat is the benchmark's result at full scale, docs/analytics.md)."""
+in memory) over time, the second half's growth and, with --breakdown, which parts of the
+state grew (harness only: whether memory is flat is the benchmark's result at full scale,
+docs/analytics.md)."""
 
 from __future__ import annotations
 
