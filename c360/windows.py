@@ -157,7 +157,10 @@ def _month_of(day: int) -> str:
     return (EPOCH + timedelta(days=day)).strftime("%Y-%m")
 
 
-def _month_of_index(index: int) -> str:
+def _first_kept_month(today: int) -> str:
+    """The oldest month ("YYYY-MM") the roll-up keeps on day ``today``."""
+    d = (EPOCH + timedelta(days=today)).date()
+    index = d.year * 12 + d.month - ROLLED_UP.months  # months counted from year 0
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
@@ -268,7 +271,7 @@ def _insert_by_time(items: list | None, item: dict, limit: int) -> list:
 def _add(w: Windows, measure: str, day: int, amount: int, fields: dict[str, Any],
          out: dict[str, Any]) -> None:
     if day <= w.day - ROLLED_UP.daily_days:  # older than any window: straight into its month
-        if measure == "spend" and _month_index(day) > _month_index(w.day) - ROLLED_UP.months:
+        if measure == "spend" and _month_of(day) >= _first_kept_month(w.day):
             months = _months(out, fields)
             month = _month_of(day)
             months[month] = months.get(month, 0) + amount
@@ -299,11 +302,6 @@ def _ratios(fields: dict[str, Any], out: dict[str, Any]) -> None:
         value = round(n / d, 4) if d else 0.0
         if value != fields.get(name):
             out[name] = value
-
-
-def _month_index(day: int) -> int:
-    d = (EPOCH + timedelta(days=day)).date()
-    return d.year * 12 + d.month - 1
 
 
 def _months(out: dict[str, Any], fields: dict[str, Any]) -> dict[str, int]:
@@ -346,8 +344,9 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
                 rolled += 1
     # Bounded in time, not only in count: a customer who spends in few months must not
     # keep them for years.
-    first_kept = _month_of_index(_month_index(today) - ROLLED_UP.months + 1)
-    if months is None and fields.get(ROLLED_UP.field) and min(fields[ROLLED_UP.field]) < first_kept:
+    first_kept = _first_kept_month(today)
+    current = fields.get(ROLLED_UP.field)
+    if months is None and current and min(current) < first_kept:
         months = _months(out, fields)
     gone = sorted(m for m in months or () if m < first_kept)
     for m in gone:
