@@ -4,12 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lab lint setup browser s3rver clean
+.PHONY: demo test lab lint setup browser s3rver clean lock
 
-$(BIN)/.installed: pyproject.toml
+# Every package comes at the version in constraints.txt (what CI tested), not the newest.
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@echo "c360: setting up $(VENV) from constraints.txt (about 2-3 minutes the first time)..."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==26.3
+	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e '.[test,lab]'
+	@echo "c360: $(VENV) is ready"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -38,6 +41,12 @@ test: setup browser s3rver
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
 	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
+
+# After changing dependencies in pyproject.toml: resolve afresh and pin the result.
+lock:
+	rm -rf /tmp/c360-lock && $(PYTHON) -m venv /tmp/c360-lock
+	/tmp/c360-lock/bin/python -m pip install --quiet pip==26.3 && /tmp/c360-lock/bin/pip install --quiet -e '.[test,lab]'
+	{ sed -n 1,2p constraints.txt; /tmp/c360-lock/bin/pip freeze --exclude-editable; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

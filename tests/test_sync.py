@@ -263,8 +263,14 @@ def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
                 await ws.send(json.dumps({"type": "auth", "token": token}))
 
             async def read() -> None:
-                end = time.monotonic() + 3  # reading while patches flow (and expiry hits)
-                while time.monotonic() < end:
+                # Read while patches flow; the expiring token reads on until the server has
+                # said token_expired (bounded), however slowly a loaded machine gets there.
+                start = time.monotonic()
+                while True:
+                    waited = time.monotonic() - start
+                    expired = any(m.get("code") == "token_expired" for _, m in received)
+                    if waited > 60 or (waited > 3 and (token != "expiring" or expired)):
+                        break
                     try:
                         raw = await asyncio.wait_for(ws.recv(), 0.2)
                     except asyncio.TimeoutError:
@@ -291,7 +297,7 @@ def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
     data_messages = 0
     for token, received, _ in results:
         scope = scopes.get(token or "")
-        for t, m in received:
+        for _, m in received:
             if m["type"] not in ("snapshot", "patch", "ack"):
                 continue
             data_messages += 1
@@ -311,14 +317,21 @@ def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
             allowed = set(scope.get("fields", []) or []) | {"id", "kind"}
             if "fields" in scope:
                 assert keys <= allowed, (token, m)
-            if token == "expiring":
-                assert t < datetime.fromisoformat(soon).timestamp() + 0.5, m
         if token in (None, "wrong-token", "", "expired"):
             codes = {m.get("code") for _, m in received if m["type"] == "error"}
             assert codes & {"unauthenticated", "invalid_token", "token_expired"}
     assert data_messages > 1000  # the in-scope requests did get data
-    expiring = [m for tok, rec, _ in results if tok == "expiring" for _, m in rec]
-    assert any(m.get("code") == "token_expired" for m in expiring)
+    # Expiry is judged by what the server did, not by when a busy machine delivered it: on
+    # every connection of the expiring token, the server says token_expired once and sends no
+    # data after it (scope is checked as each message is built; a receive-time margin failed
+    # at random on a loaded 2-core machine).
+    for tok, rec, _ in results:
+        if tok != "expiring":
+            continue
+        kinds = [m["type"] if m["type"] != "error" else m.get("code") for _, m in rec]
+        assert "token_expired" in kinds, kinds
+        after = kinds[kinds.index("token_expired") + 1:]
+        assert not set(after) & {"snapshot", "patch", "ack"}, after
 
 
 def test_a_client_that_stops_reading_is_bounded_then_converges() -> None:
