@@ -58,17 +58,18 @@ class _SimulatorThread(threading.Thread):
     """Runs the simulator until ``stop`` is set; keeps its exception for the main thread."""
 
     def __init__(self, settings: Settings, customers: int, rate: float,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, history: Any = None) -> None:
         super().__init__(name="c360-simulator", daemon=True)
-        self._args = (settings, customers, rate, stop)
+        self._args = (settings, customers, rate, stop, history)
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        settings, customers, rate, stop = self._args
+        settings, customers, rate, stop, history = self._args
         try:
             from c360.simulator import simulate
 
-            simulate(settings, customers=customers, rate=rate, progress=False, stop=stop)
+            simulate(settings, customers=customers, rate=rate, progress=False, stop=stop,
+                     simulation=history)  # the backfilled world goes on live
         except BaseException as exc:  # reported by the main thread, which then shuts down
             self.error = exc
             log.exception("the simulator failed")
@@ -158,7 +159,13 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         pipeline.start()  # creates the topics first, so the simulator never auto-creates them
         live.set_shared(pipeline)
         sync = _start_sync(pipeline, settings, sync_port)
-        simulator = _SimulatorThread(settings, customers, rate, stop)
+        from c360.simulator import BACKFILL_DAYS, backfill
+
+        # A shop with a past: 90 days of event time first, so that windows, segments and
+        # churn differ from lifetime totals; then the same customers go on live at now.
+        say(f"backfilling {BACKFILL_DAYS:g} days of history...")
+        history = backfill(settings, customers=customers, store=pipeline.store, stop=stop)
+        simulator = _SimulatorThread(settings, customers, rate, stop, history)
         simulator.start()
 
         origins = [f"127.0.0.1:{port}", f"localhost:{port}"]

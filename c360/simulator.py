@@ -14,6 +14,10 @@ that stocks what they viewed), and those only happen when the streams agree.
 The event sequence -- content, ids and times -- is a pure function of
 ``(customers, seed, start, tick)``: :func:`generate` is what tests and notebooks
 inspect, and :func:`simulate` paces the same sequence into Kafka.
+
+A shop has a past: :func:`backfill` produces weeks of history in seconds (event times
+spread over the last ``days``, customers signing up along the way, churned customers
+fading out), and ``simulate(simulation=...)`` then continues the same world live at now.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from c360.events import Catalogue, Event, encode
 if TYPE_CHECKING:
     from kafka import KafkaProducer
 
+    from c360.store import EntityStore
+
 log = logging.getLogger(__name__)
 
 Item = tuple[str, str, Event]  # (stream name, key, event)
@@ -63,6 +69,16 @@ LATE_MINUTES = (1.0, 15.0)
 P_DUPLICATE = 0.005
 DUPLICATE_WITHIN = 20  # steps: well inside the pipeline's per-entity window of recent ids
 WISHLIST_CAP = 15
+# A backfilled history: 90 days, ~150 events per customer (about what the demo's 500
+# customers do in six minutes live), so that 7-, 30- and 90-day windows, segments and
+# churn differ from lifetime totals. 75,000 events take ~10 s through the embedded broker.
+BACKFILL_DAYS = 90.0
+BACKFILL_EVENTS_PER_CUSTOMER = 150
+# Of the customers, this share existed before the history starts; the others sign up
+# evenly over it (so about a fifth are "new", signed up in its last 30 days).
+SIGNED_UP_BEFORE = 0.4
+BACKFILL_QUIET_S = 1.0  # the store is caught up once this long without a change...
+BACKFILL_WAIT_S = 180.0  # ...and gives up waiting after this long
 
 _FAR_FUTURE = 1 << 62
 
@@ -331,12 +347,17 @@ class Simulation:
     """The world and its story: iterate it for an endless sequence of (stream, key, event).
 
     ``n`` counts events handed out (duplicates included) and drives the simulated
-    clock: event ``n`` happens at ``start + n * tick``. ``duplicates`` and ``late``
-    count the deliberately imperfect events handed out so far.
+    clock: event ``n`` happens at ``start + n * tick`` (after :meth:`retime`, at the new
+    start plus the events since). ``duplicates`` and ``late`` count the deliberately
+    imperfect events handed out so far; ``imperfect = False`` hands out none (a clean
+    history, in event-time order on every stream).
+
+    ``signups_over``: customers sign up gradually over that many events (a share
+    :data:`SIGNED_UP_BEFORE` at once, the others evenly), instead of all at the start.
     """
 
     def __init__(self, customers: int, seed: int, start: datetime,
-                 tick: timedelta = FLAT_OUT_TICK) -> None:
+                 tick: timedelta = FLAT_OUT_TICK, *, signups_over: int | None = None) -> None:
         if customers < 1:
             raise ConfigError(f"customers={customers}: simulate at least one customer")
         if start.tzinfo is None:
@@ -351,6 +372,10 @@ class Simulation:
         self.n = 0
         self.duplicates = 0
         self.late = 0
+        self.imperfect = True
+        self._clock_n = 0  # the n at which the current clock (start, tick) began
+        self._signups_over = signups_over
+        self._items: Iterator[Item] | None = None
         # Runs with another seed or start get other ids, so that they never pass for duplicates.
         self._tag = f"{zlib.crc32(f'{seed}/{start.isoformat()}'.encode()):08x}"[:6]
         self._ids = itertools.count(1)
@@ -378,7 +403,22 @@ class Simulation:
         self._cum_signup = [*self._cum_steady, self._cum_steady[-1] + 25]
 
     def __iter__(self) -> Iterator[Item]:
-        return self._run()
+        # One story per simulation: iterating again continues it (a history, then live).
+        if self._items is None:
+            self._items = self._run()
+        return self._items
+
+    def retime(self, start: datetime, tick: timedelta) -> None:
+        """Continue the same world on a new clock: the next event happens at ``start``,
+        the ones after ``tick`` apart (a backfilled history going live)."""
+        if start.tzinfo is None:
+            raise ConfigError(f"start={start.isoformat()} must be timezone-aware")
+        if tick <= timedelta(0):
+            raise ConfigError(f"tick={tick} must be positive")
+        if start < self.now:
+            raise ConfigError(f"start={start.isoformat()} is before the simulation's clock "
+                              f"({self.now.isoformat()}): time only moves forward")
+        self.start, self.tick, self._clock_n, self.now = start, tick, self.n, start
 
     # -- the clock, late events and duplicates -------------------------------------------------
     def _run(self) -> Iterator[Item]:
@@ -391,14 +431,17 @@ class Simulation:
                 self.duplicates += 1
             else:
                 item = next(story)
-                if item[0] in LATE_STREAMS and rng.random() < P_LATE:
-                    item = self._delayed(item)
-                if rng.random() < P_DUPLICATE:  # a producer retry after a lost ack
-                    due = self.n + rng.randint(1, DUPLICATE_WITHIN)
-                    heapq.heappush(resend, (due, next(self._seq), item))
-            yield item
+                if self.imperfect:
+                    if item[0] in LATE_STREAMS and rng.random() < P_LATE:
+                        item = self._delayed(item)
+                    if rng.random() < P_DUPLICATE:  # a producer retry after a lost ack
+                        due = self.n + rng.randint(1, DUPLICATE_WITHIN)
+                        heapq.heappush(resend, (due, next(self._seq), item))
+            # The clock moves on before the item is handed out, so that between items it
+            # reads the time of the next event (a retime then starts exactly there).
             self.n += 1
-            self.now = self.start + self.tick * self.n
+            self.now = self.start + self.tick * (self.n - self._clock_n)
+            yield item
 
     def _delayed(self, item: Item) -> Item:
         """The event as it arrives now, having happened some minutes ago."""
@@ -435,8 +478,15 @@ class Simulation:
     def _spawn(self) -> Process:
         if not self._ready:
             return self._onboard()
-        cum = self._cum_signup if self._signed_up < self.customers else self._cum_steady
+        cum = self._cum_signup if self._signed_up < self._signup_quota() else self._cum_steady
         return self._spawners[bisect(cum, self.rng.random() * cum[-1])]()
+
+    def _signup_quota(self) -> int:
+        """How many customers have signed up by now."""
+        if self._signups_over is None:
+            return self.customers
+        share = SIGNED_UP_BEFORE + (1 - SIGNED_UP_BEFORE) * self.n / self._signups_over
+        return min(self.customers, max(1, math.ceil(self.customers * share)))
 
     def _sleep(self, proc: Process, steps: int) -> None:
         heapq.heappush(self._sleeping, (self.n + steps, next(self._seq), proc))
@@ -984,14 +1034,16 @@ class SimulationReport:
 
 def simulate(settings: Settings, *, customers: int, rate: float, duration: float | None = None,
              events: int | None = None, seed: int = 42, progress: bool = True,
-             start: datetime | None = None, stop: threading.Event | None = None
-             ) -> SimulationReport:
+             start: datetime | None = None, stop: threading.Event | None = None,
+             simulation: Simulation | None = None) -> SimulationReport:
     """Produce the simulated shop's streams to Kafka, ``rate`` events per second (0: flat out).
 
     Stops after ``duration`` seconds or ``events`` events; with neither, when ``stop``
     is set or on Ctrl-C. Topics are created first. Event times start at ``start``
     (default: now) and advance ``1/rate`` seconds per event, so that at real-time
-    pacing they track the wall clock.
+    pacing they track the wall clock. ``simulation`` (from :func:`backfill`) continues
+    that world, with its customers and stock, on this clock; ``customers`` and ``seed``
+    are then its own.
     """
     if rate < 0:
         raise ConfigError(f"rate={rate} must be 0 (flat out) or positive")
@@ -999,17 +1051,85 @@ def simulate(settings: Settings, *, customers: int, rate: float, duration: float
         raise ConfigError(f"events={events} must not be negative")
     start = start or datetime.now(timezone.utc)
     tick = timedelta(seconds=1 / rate) if rate > 0 else FLAT_OUT_TICK
-    sim = Simulation(customers, seed, start, tick)
+    if simulation is None:
+        sim = Simulation(customers, seed, start, tick)
+    else:
+        sim = simulation
+        sim.retime(max(start, sim.now), tick)
+        sim.imperfect = True
+    total = events if events is not None else (
+        int(duration * rate) if duration is not None and rate > 0 else None)
+    return _produce(settings, sim, rate=rate, events=events, duration=duration, stop=stop,
+                    bar=_progress_bar(total) if progress else None)
 
+
+def history(customers: int, seed: int = 42, *, end: datetime | None = None,
+            days: float = BACKFILL_DAYS, events: int | None = None) -> Simulation:
+    """A simulation of the ``days`` before ``end`` (default now) in ``events`` events
+    (default :data:`BACKFILL_EVENTS_PER_CUSTOMER` per customer): customers sign up along
+    the way, and no event is late or duplicated, so every stream is in event-time order."""
+    if days <= 0:
+        raise ConfigError(f"days={days} must be positive")
+    events = BACKFILL_EVENTS_PER_CUSTOMER * customers if events is None else events
+    if events < 1:
+        raise ConfigError(f"events={events}: a history needs at least one event")
+    end = end or datetime.now(timezone.utc)
+    sim = Simulation(customers, seed, end - timedelta(days=days), timedelta(days=days) / events,
+                     signups_over=events)
+    sim.imperfect = False
+    return sim
+
+
+def backfill(settings: Settings, *, customers: int, days: float = BACKFILL_DAYS,
+             events: int | None = None, seed: int = 42, end: datetime | None = None,
+             store: EntityStore | None = None, stop: threading.Event | None = None
+             ) -> Simulation:
+    """Produce :func:`history` to Kafka as fast as it takes it; returns the simulation,
+    to be continued live with ``simulate(settings, ..., simulation=it)``.
+
+    With ``store`` (a running pipeline's), returns once the store has caught up: every
+    customer is there, the newest ``last_seen`` is the history's end, and no change came
+    for :data:`BACKFILL_QUIET_S` (or after :data:`BACKFILL_WAIT_S`, logged).
+    """
+    events = BACKFILL_EVENTS_PER_CUSTOMER * customers if events is None else events
+    sim = history(customers, seed, end=end, days=days, events=events)
+    report = _produce(settings, sim, rate=0, events=events, duration=None, stop=stop,
+                      bar=None)
+    if store is not None and not (stop is not None and stop.is_set()):
+        last = sim.now - sim.tick  # the newest event time of the history
+        _wait_caught_up(store, sim.customers, last - timedelta(hours=1), stop)
+    log.info("backfilled %s", report.summary())
+    return sim
+
+
+def _wait_caught_up(store: EntityStore, customers: int, seen_by: datetime,
+                    stop: threading.Event | None) -> None:
+    def newest() -> datetime | None:
+        return max((e["last_seen"] for e in store.entities("customer") if "last_seen" in e),
+                   default=None)
+
+    deadline = time.monotonic() + BACKFILL_WAIT_S
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+        changed = store.updated_at
+        if store.count("customer") >= customers and (newest() or seen_by) >= seen_by \
+                and changed and time.time() - changed >= BACKFILL_QUIET_S:
+            return
+        _wait(0.2, stop)
+    if not (stop is not None and stop.is_set()):
+        log.warning("the dataflow had not caught up with the backfill after %.0f s",
+                    BACKFILL_WAIT_S)
+
+
+def _produce(settings: Settings, sim: Simulation, *, rate: float, events: int | None,
+             duration: float | None, stop: threading.Event | None, bar: Any
+             ) -> SimulationReport:
     catalogue = Catalogue(settings.topic_prefix)
     create_topics(settings, [*catalogue.topics, catalogue.dlq_topic])
     topics = {s.name: s.topic for s in catalogue.streams}
     producer = _producer(settings, rate)
     failures: list[BaseException] = []
     counts = dict.fromkeys(topics, 0)
-    total = events if events is not None else (
-        int(duration * rate) if duration is not None and rate > 0 else None)
-    bar = _progress_bar(total) if progress else None
+    duplicates, late = sim.duplicates, sim.late
 
     began = time.monotonic()
     deadline = began + duration if duration is not None else math.inf
@@ -1043,11 +1163,12 @@ def simulate(settings: Settings, *, customers: int, rate: float, duration: float
         if bar is not None:
             bar.update(n - bar.n)
             bar.close()
-    report = SimulationReport(counts, sim.duplicates, sim.late, time.monotonic() - began)
+    report = SimulationReport(counts, sim.duplicates - duplicates, sim.late - late,
+                              time.monotonic() - began)
     if failures:
         raise BrokerError(f"{len(failures)} of {n} events could not be produced to "
                           f"{settings.bootstrap}: {failures[0]}")
-    if progress:
+    if bar is not None:
         print(report.summary(), flush=True)
     return report
 

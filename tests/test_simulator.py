@@ -15,11 +15,12 @@ import pytest
 from c360 import events as ev
 from c360.config import REPO_ROOT, Settings
 from c360.delta import Delta
+from c360.errors import ConfigError
 from c360.events import Catalogue, encode
 from c360.logic import first_logic
-from c360.pipeline import run_until_idle
+from c360.pipeline import Pipeline, run_until_idle
 from c360.shard import Routed, Shard
-from c360.simulator import CITIES, FLAT_OUT_TICK, Item, _km, generate, simulate
+from c360.simulator import CITIES, FLAT_OUT_TICK, Item, _km, backfill, generate, history, simulate
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CAT = Catalogue()
@@ -288,3 +289,67 @@ def test_the_cli_simulates_into_the_configured_topics(settings: Settings) -> Non
     store = run_until_idle(1, settings)
     assert store.count("customer") == 20
     assert sum(store.events_by_stream.values()) > 400
+
+
+# -- a shop with a past ------------------------------------------------------------------------
+
+def test_a_history_spans_its_days_in_event_time_order_with_signups_along_the_way() -> None:
+    sim = history(60, 7, end=START, days=90, events=9_000)
+    items = list(islice(sim, 9_000))
+    times = [e.event_time for _, _, e in items]
+    assert times[0] == START - timedelta(days=90)
+    assert START - timedelta(hours=1) < times[-1] < START
+    assert sim.late == sim.duplicates == 0
+    assert len({e.event_id for _, _, e in items}) == len(items), "no duplicates"
+    by_stream: defaultdict[str, list[datetime]] = defaultdict(list)
+    for stream, _, e in items:
+        by_stream[stream].append(e.event_time)
+    for stream, ts in by_stream.items():
+        assert ts == sorted(ts), f"{stream} is not in event-time order"
+    signups = {e.customer_id: e.event_time for s, _, e in items
+               if s == "customer_details" and e.name}
+    assert len(signups) == 60
+    # 40% were customers before (they show up in the first days), the others sign up evenly.
+    early = sum(t < START - timedelta(days=85) for t in signups.values())
+    recent = sum(t > START - timedelta(days=30) for t in signups.values())
+    assert 24 <= early <= 28 and 8 <= recent <= 16, (early, recent)
+
+    # The same world goes on on a live clock: same customers, times from the new start.
+    live_start = START + timedelta(minutes=5)
+    sim.retime(live_start, timedelta(milliseconds=5))
+    sim.imperfect = True
+    more = list(islice(sim, 2_000))
+    assert more[0][2].event_time == live_start
+    assert {k for s, k, _ in more if CAT.by_name[s].entity_kind == "customer"} <= set(signups)
+    assert not {e.event_id for _, _, e in more} & {e.event_id for _, _, e in items}
+    with pytest.raises(ConfigError, match="time only moves forward"):
+        sim.retime(START, timedelta(seconds=1))
+
+
+def test_backfill_gives_the_store_a_past_then_the_shop_goes_on_live(settings: Settings) -> None:
+    pipeline = Pipeline(settings).start()
+    try:
+        store = pipeline.store
+        sim = backfill(settings, customers=60, events=9_000, store=store, end=START)
+        customers = store.entities("customer")
+        assert len(customers) == 60
+        segments = Counter(s for c in customers for s in c.get("segments") or ())
+        assert {"vip", "new", "bargain_hunter"} <= set(segments), segments
+        assert segments["new"] < 40, "not every customer is new"
+        differ = [c["id"] for c in customers
+                  if round(c.get("lifetime_value", 0) - c.get("spend_30d", 0), 2)]
+        assert len(differ) >= 20, "lifetime value differs from the last 30 days' spend"
+        assert sum(c.get("spend_30d", 0) != c.get("spend_7d", 0) for c in customers) >= 10
+        first_seen = sorted(c["first_seen"] for c in customers)
+        assert first_seen[0] < START - timedelta(days=85) < START - timedelta(days=30) \
+            < first_seen[-1]
+
+        report = simulate(settings, customers=60, rate=0, events=500, progress=False,
+                          simulation=sim, start=START + timedelta(minutes=1))
+        assert report.events == 500
+        store.wait_until(lambda s: max(c["last_seen"] for c in s.entities("customer"))
+                         >= START + timedelta(minutes=1), timeout=60,
+                         what="the live events after the backfill")
+        assert store.count("customer") == 60, "live goes on with the same customers"
+    finally:
+        pipeline.stop(30)
