@@ -296,27 +296,20 @@ class LivePage(pn.viewable.Viewer):
     def _refresh_stats(self) -> None:
         counts = self.store.stream_counts()
         rates = self._meter.sample(counts, time.monotonic())
-        table = self._rates.value
-        patch: dict[str, list[tuple[int, float]]] = {"events": [], "per_s": []}
-        new_rows = []
-        for name, n in counts.items():
-            rate = round(rates.get(name, 0.0), 1)
-            row = self._rate_rows.get(name)
-            if row is None:
-                new_rows.append((name, n, rate))
-                continue
-            if table.at[row, "events"] != n:
-                patch["events"].append((row, n))
-            if table.at[row, "per_s"] != rate:
-                patch["per_s"].append((row, rate))
-        patch = {col: cells for col, cells in patch.items() if cells}
-        if patch:
-            self._rates.patch(patch)
-        if new_rows:  # a stream outside the catalogue (a user's own): add its row
-            for name, _, _ in new_rows:
+        for name in counts:
+            if name not in self._rate_rows:  # a stream outside the catalogue (a user's own)
                 self._rate_rows[name] = len(self._rate_rows)
-            names, events, per_s = zip(*new_rows, strict=True)
-            self._rates.stream(pd.DataFrame({"stream": names, "events": events, "per_s": per_s}))
+        names = sorted(self._rate_rows, key=self._rate_rows.__getitem__)
+        table = pd.DataFrame({"stream": names,
+                              "events": [counts.get(n, 0) for n in names],
+                              "per_s": [round(rates.get(n, 0.0), 1) for n in names]})
+        # The whole table (17 rows, about 1 kB), not cell patches: Tabulator.patch changes
+        # .value but not the copy Panel builds new views from, so a view made after a
+        # patch (a session's page, a notebook's output) showed that patch's cells as they
+        # were before it, until they changed again: the third-party streams, whose events
+        # come at sign-up, read 0 for good. The browser redraws every row on a patch anyway.
+        if not table.equals(self._rates.value):
+            self._rates.value = table
         total = sum(rates.values())
         if self._meter.ready:  # the first sample has no span: its zero rate would be a lie
             self._buffer.send(pd.DataFrame({"time": [pd.Timestamp.now()],
@@ -351,7 +344,9 @@ class LivePage(pn.viewable.Viewer):
         if wanted == self._shown_id and entity["version"] == self._shown_version:
             return  # unchanged since the last look: send nothing to the browser
         texts = {f: format_value(entity[f]) for f in field_order(entity)}
-        if wanted != self._shown_id or not self._field_rows:  # another customer: a new table
+        if wanted != self._shown_id or not self._field_rows or not self._fields._models:
+            # Another customer, or no view yet (a patch would not reach the view made later,
+            # see _refresh_stats): a new table.
             self._set_fields(texts)
         else:  # the same customer, newer version: patch changed cells, stream new fields
             old, rows = self._shown_values, self._field_rows

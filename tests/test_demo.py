@@ -86,6 +86,42 @@ def test_live_page_renders_from_a_store_without_a_server() -> None:
     assert page.selected == "c1" and "Ana Lima" in page._card.object
 
 
+def _shown_counts(root: object) -> dict[str, int]:
+    """The per-stream event counts in a view's rates table (what its browser draws)."""
+    from bokeh.models import ColumnDataSource
+
+    [source] = [m for m in root.select({"type": ColumnDataSource})  # type: ignore[attr-defined]
+                if "stream" in m.data]
+    return {str(s): int(n) for s, n in zip(source.data["stream"], source.data["events"],
+                                           strict=True)}
+
+
+def test_stream_counts_reach_every_view_even_rows_that_never_change_again() -> None:
+    """Issue 14: the third-party rows showed 0 events for good. Their events come at
+    sign-up, before the page's view exists; a patch then changed the server's table but
+    not the views made later, and those rows never changed again to be patched."""
+    from dashboards.live import LivePage
+
+    store = _filled_store()
+    page = LivePage(store)  # refreshed once, before any view, as in a server session
+    store.apply([_delta("c3", 1, "tp_demographics", age=41),
+                 _delta("c3", 2, "tp_psychographics", interests=["books"])])
+    page.refresh()  # a periodic refresh before the page is shown (a notebook's start())
+    root = pn.panel(page).get_root()
+    expected = {s: 0 for s in _shown_counts(root)} | store.stream_counts()
+    assert expected["tp_demographics"] == 1 and expected["payments"] == 1
+    assert _shown_counts(root) == expected
+    # Once shown, changes reach the view; rows that do not change keep their counts.
+    store.apply([_delta("c3", 3, "tp_purchases", partner="acme")])
+    page.refresh()
+    expected["tp_purchases"] = 1
+    assert _shown_counts(root) == expected
+    page.refresh()  # nothing new: nothing changes
+    assert _shown_counts(root) == expected
+    # A second view of the same page (a notebook output shown again) is current too.
+    assert _shown_counts(pn.panel(page).get_root()) == expected
+
+
 def test_rate_meter_averages_over_its_window() -> None:
     from dashboards.live import RateMeter
 
