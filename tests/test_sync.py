@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,7 +22,7 @@ import pytest
 import websockets
 
 import c360
-from c360.delta import Delta
+from c360.delta import Delta, Lifecycle
 from c360.pipeline import Pipeline
 from c360.simulator import simulate
 from c360.store import EntityStore
@@ -55,6 +58,7 @@ class RawClient:
         self.versions: dict[str, int] = {}
         self.messages: list[dict[str, Any]] = []
         self.gaps = 0
+        self.unapplied: list[tuple[dict[str, Any], str]] = []
         self._loop = asyncio.new_event_loop()
         self._ws: Any = None
         threading.Thread(target=self._loop.run_forever, daemon=True).start()
@@ -81,7 +85,12 @@ class RawClient:
                 if self.versions.get(eid) != m["from"]:
                     self.gaps += 1
                     continue
-                self.copies[eid] = jsonpatch.apply_patch(self.copies[eid], m["ops"])
+                try:
+                    self.copies[eid] = jsonpatch.apply_patch(self.copies[eid], m["ops"])
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException,
+                        TypeError) as exc:  # a patch that cannot apply: a protocol bug
+                    self.unapplied.append((m, repr(exc)))
+                    continue
                 self.versions[eid] = m["version"]
 
     def send(self, **message: Any) -> None:
@@ -426,3 +435,312 @@ def test_resume_sends_missed_patches_or_a_snapshot_and_segment_exits_unsync() ->
         assert seg.versions["c02"] == 1 and not seg.of_type("patch")
         for client in (late, seg):
             client.close()
+
+
+# -- what a token may learn, and what the server promises (issue 14: B1-B5, D1) -----------------
+
+class _Story:
+    """Real events through the real fold, rules and segments (in-process, no Kafka)."""
+
+    def __init__(self) -> None:
+        from c360.hooks import EntityHooks
+        from c360.shard import Shard
+
+        self.shard = Shard(EntityHooks())
+        self.out: list[Delta | Lifecycle] = []
+        self.n = 0
+
+    def __call__(self, stream: str, seconds: float, **fields: Any) -> None:
+        from c360.events import Catalogue
+        from c360.logic import first_logic
+        from c360.shard import Routed
+
+        self.n += 1
+        s = Catalogue("c360.").by_name[stream]
+        fields.setdefault(s.key_field, "cust-1")
+        event = s.schema(event_id=f"e{self.n}", event_time=at(seconds), **fields)
+        deltas, failed = self.shard.apply(
+            [Routed(stream, "customer", fields[s.key_field], event, ("t", 0, self.n))],
+            first_logic, [])
+        assert failed == []
+        self.out += deltas
+
+
+def _lifecycle(c: RawClient) -> list[dict[str, Any]]:
+    return c.of_type("lifecycle")
+
+
+def test_lifecycle_events_reveal_only_what_the_token_may_see() -> None:
+    from c360 import rules
+
+    def greet(c: Any, changes: Any, event: Any) -> rules.Decision:  # a notebook's rule
+        return rules.decide("say_hello", f"hello {c['name']}", ["name"])
+
+    rules.register("greet", greet, streams={"search"})
+    try:
+        story = _Story()
+        story("customer_details", 0, name="Ana", email="ana@example.com")
+        story("tp_demographics", 1, age=30, marketing_opt_in=True)
+        story("loyalty", 10, points_earned=500)
+        story("loyalty", 20, points_earned=600)  # tier_upgrade: about loyalty fields only
+        for i in range(4):
+            story("payments", 30 + i, order_id=f"o{i}", payment_date=at(30 + i),
+                  method="card", amount=50.0)
+        story("payments", 40, order_id="o9", payment_date=at(40), method="card",
+              amount=900.0)  # review_payment: quotes the payments
+        story("payments", 50, order_id="o10", payment_date=at(50), method="card",
+              amount=2500.0)  # lifetime value >= 2000: enters segment vip
+        story("reviews", 60, review_id="r1", rating=1)  # escalate: quotes the lifetime value
+        story("search", 70, event_type="search", query="coat", results=3)  # greet: the name
+    finally:
+        rules.unregister("greet")
+    decayed = Lifecycle("cust-1", "customer", story.n, at(80), "decayed",
+                        {"fields": ["category_affinity", "loyalty_points"]})
+    book = TokenBook.from_tokens({
+        "admin": {"pii": True},
+        "loyalty": {"fields": LOYALTY},
+        "seg": {"fields": [*LOYALTY, "segments"]},
+        "nopii": {},
+    })
+    store = EntityStore()
+    with SyncServer(store, book) as server:
+        clients = {name: RawClient(server.url, name)
+                   for name in ("admin", "loyalty", "seg", "nopii")}
+        for c in clients.values():
+            c.send(type="lifecycle", id="l")
+            wait_for(lambda c=c: c.of_type("lifecycle_subscribed"), what="subscribed")
+        store.apply([*story.out, decayed])
+        # Logical end: a last event every token may see; the server keeps each connection's
+        # lifecycle events in order, so whatever comes for the story came before it.
+        store.apply([Lifecycle("zz-end", "customer", 1, at(99), "created", {"stream": "orders"})])
+        for c in clients.values():
+            wait_for(lambda c=c: any(m["entity"] == "zz-end" for m in _lifecycle(c)),
+                     what="the last event")
+
+        def decisions(name: str) -> dict[str, str]:
+            return {m["detail"]["action"]: m["detail"]["reason"]
+                    for m in _lifecycle(clients[name]) if m["event"] == "decision"}
+
+        def events(name: str) -> set[str]:
+            return {m["event"] for m in _lifecycle(clients[name])}
+
+        admin = decisions("admin")
+        # The story does make reasons that quote other fields (else this test proves nothing).
+        assert {"tier_upgrade", "review_payment", "escalate_to_service",
+                "say_hello"} <= set(admin), admin
+        assert "lifetime value" in admin["escalate_to_service"]
+        assert admin["say_hello"] == "hello Ana"
+        assert {"segment_entered", "decayed"} <= events("admin")
+        # A loyalty-only token: the decision about loyalty fields, nothing built from others.
+        assert decisions("loyalty") == {"tier_upgrade": admin["tier_upgrade"]}
+        fired = {m["detail"]["action"] for m in _lifecycle(clients["loyalty"])
+                 if m["event"] == "rule_fired"}
+        assert fired == {"tier_upgrade"}
+        # A decayed event names only the fields the token may see (here one of two).
+        assert events("loyalty") == {"created", "rule_fired", "decision", "decayed"}
+        assert [m["detail"] for m in _lifecycle(clients["loyalty"])
+                if m["event"] == "decayed"] == [{"fields": ["loyalty_points"]}]
+        text = json.dumps(_lifecycle(clients["loyalty"]))
+        for leak in ("lifetime value", "payment of", "Ana", "vip", "category_affinity"):
+            assert leak not in text, leak
+        # With `segments` in its fields, a token sees segment events.
+        assert "segment_entered" in events("seg") and decisions("seg").keys() == {"tier_upgrade"}
+        # Every field but no PII: a reason built from PII is redacted, like the field itself.
+        nopii = decisions("nopii")
+        assert nopii["say_hello"] == "[redacted]"
+        assert nopii["escalate_to_service"] == admin["escalate_to_service"]
+        assert "Ana" not in json.dumps(_lifecycle(clients["nopii"]))
+        for c in clients.values():
+            c.close()
+
+
+@pytest.mark.parametrize("token, request_, expected", [
+    ("narrow", {}, {"c01", "c02", "c11"}),
+    ("vip", {}, {f"c{i:02d}" for i in range(10)}),
+    ("admin", {"segment": "vip"}, {f"c{i:02d}" for i in range(10)}),
+    ("admin", {}, {f"c{i:02d}" for i in range(30)}),
+])
+def test_wildcard_count_is_the_number_of_snapshots_the_token_gets(
+        token: str, request_: dict[str, Any], expected: set[str]) -> None:
+    store = EntityStore()
+    _seed(store)
+    book = TokenBook.from_tokens({"admin": {"pii": True},
+                                  "narrow": {"entities": ["c01", "c02", "c11", "nobody"]},
+                                  "vip": {"entities": {"segment": "vip"}}})
+    with SyncServer(store, book) as server:
+        c = RawClient(server.url, token)
+        c.send(type="sync", entity="*", id="w", **request_)
+        wait_for(lambda: c.of_type("synced"), what="synced")
+        count = c.of_type("synced")[0]["count"]
+        assert count == len(expected)
+        wait_for(lambda: len(c.of_type("snapshot")) >= count, what=f"{count} snapshots")
+        assert {m["entity"] for m in c.of_type("snapshot")} == expected
+        c.close()
+
+
+def _deep(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def test_malformed_requests_are_bad_requests_with_their_id_and_the_connection_lives(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from websockets.sync.client import connect
+
+    store = EntityStore()
+    _seed(store, 3)
+    frames = [
+        ('{"type": "sync", "id": "a1", "entity": 5}', "a1"),  # a field of the wrong type
+        ('{"type": "nope", "id": 7}', 7),  # an unknown type
+        ('{"id": 8.5, "type": "sync", "entity": ', 8.5),  # not even JSON (cut short)
+        ('{"type": "sync", "entity": "c01", "zz": 1, "id": "u"}', "u"),  # an unknown field
+        ('{"type": "command", "entity": "c01", "name": "grant_points", "args": '
+         + _deep(1_000) + ', "id": "deep"}', "deep"),  # B3: nested 1,000 deep
+        ('{"type": "command", "entity": "c01", "name": "grant_points", "args": '
+         + _deep(100_000) + ', "id": "deeper"}', "deeper"),
+        ('{"type": "sync", "extra": ' + _deep(5_000) + ', "id": "x"}', "x"),
+        ('{"type": "sync", "entity": {"id": "inner"}}', None),  # only a top-level id counts
+        ('{"type": "sync", "entity": "c01", "id": [1]}', None),  # an id that is no id
+        ('[' * 3_000 + ']' * 3_000, None),
+    ]
+    book = TokenBook.from_tokens({"admin": {"pii": True}})
+    caplog.set_level(logging.INFO)
+    with SyncServer(store, book) as server, connect(server.url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "auth", "token": "admin", "id": 0}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "authenticated"
+        for frame, _ in frames:
+            ws.send(frame)
+        ws.send(json.dumps({"type": "sync", "entity": "c01", "id": "after"}))
+        got = [json.loads(ws.recv(timeout=10)) for _ in range(len(frames) + 2)]
+        assert server.error is None
+    for (frame, want), m in zip(frames, got[:len(frames)], strict=True):
+        assert (m["type"], m["code"]) == ("error", "bad_request"), (frame[:80], m)
+        assert m["id"] == want and type(m["id"]) is type(want), (frame[:80], m)
+        assert m["message"] and len(m["message"]) < 500
+    assert [m["type"] for m in got[len(frames):]] == ["synced", "snapshot"]
+    assert got[-2]["id"] == "after"
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_resume_from_version_0_or_from_before_the_servers_history_gives_a_copy_that_applies(
+        ) -> None:
+    store = EntityStore()
+    # "old" is at version 5 before the server starts: the server never saw versions 1-5.
+    store.apply([Delta("old", "customer", v, at(v), "loyalty", f"o{v}", {f"f{v}": v})
+                 for v in range(1, 6)])
+    book = TokenBook.from_tokens({"admin": {"pii": True}})
+    with SyncServer(store, book) as server:
+        watcher = RawClient(server.url, "admin")
+        for eid in ("old", "new"):
+            watcher.send(type="sync", entity=eid)
+        wait_for(lambda: watcher.versions.get("old") == 5 and watcher.versions.get("new") == 0)
+        store.apply([Delta("old", "customer", v, at(v), "loyalty", f"o{v}", {f"f{v}": v})
+                     for v in (6, 7)])
+        store.apply([Delta("new", "customer", v, at(v), "loyalty", f"n{v}", {f"g{v}": v})
+                     for v in (1, 2, 3)])
+        wait_for(lambda: watcher.versions.get("old") == 7 and watcher.versions.get("new") == 3,
+                 what="the server saw every delta")
+        c = RawClient(server.url, "admin")
+        # The documented copy of an entity that did not exist yet, and a copy at version 3.
+        c.copies["new"], c.versions["new"] = None, 0
+        c.copies["old"], c.versions["old"] = {"id": "old", "kind": "customer",
+                                              "f1": 1, "f2": 2, "f3": 3}, 3
+        c.send(type="resume", entity="new", from_version=0, id="r-new")
+        c.send(type="resume", entity="old", from_version=3, id="r-old")
+        wait_for(lambda: len(c.of_type("resumed")) == 2, what="2 resumed")
+        wait_for(lambda: c.versions.get("new") == 3 and c.versions.get("old") == 7
+                 or bool(c.unapplied), what="the resumed copies")
+        assert c.unapplied == [] and c.gaps == 0
+        for eid in ("new", "old"):
+            assert c.copies[eid] == normalised(store.get(eid)), eid
+        resumed = {m["id"]: m for m in c.of_type("resumed")}
+        assert resumed["r-new"]["snapshot"] is True and resumed["r-old"]["snapshot"] is True
+        # Resuming from a version the server did see still comes as patches.
+        again = RawClient(server.url, "admin")
+        again.copies["old"], again.versions["old"] = dict(c.copies["old"]), 7
+        store.apply([Delta("old", "customer", 8, at(8), "loyalty", "o8", {"f8": 8})])
+        wait_for(lambda: watcher.versions.get("old") == 8)
+        again.send(type="resume", entity="old", from_version=7)
+        wait_for(lambda: again.versions.get("old") == 8)
+        assert not again.of_type("snapshot") and again.copies["old"] == normalised(
+            store.get("old"))
+        for client in (watcher, c, again):
+            client.close()
+
+
+def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame (RFC 6455 5.2), written by hand: no library between."""
+    mask = os.urandom(4)
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return (bytes([0x80 | opcode]) + size + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def _read_frames(sock: socket.socket, frames: list[tuple[int, bytes]]) -> None:
+    """Read server frames until the socket ends; never answer a ping."""
+    buf = b""
+
+    def need(n: int) -> bytes:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    try:
+        while True:
+            head = need(2)
+            n = head[1] & 0x7F
+            if n == 126:
+                n = int.from_bytes(need(2), "big")
+            elif n == 127:
+                n = int.from_bytes(need(8), "big")
+            frames.append((head[0] & 0x0F, need(n)))
+    except (EOFError, OSError):
+        pass
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["reads-nothing", "reads-but-no-pong"])
+def test_a_client_that_answers_no_ping_is_cut_after_the_ping_timeout(reads: bool) -> None:
+    store = EntityStore()
+    blob = "x" * 100_000  # 100 entities x 100 kB: more than the socket buffers hold
+    store.apply([Delta(f"c{i:03d}", "customer", 1, at(i), "search", f"s{i}", {"blob": blob})
+                 for i in range(100)])
+    book = TokenBook.from_tokens({"admin": {"pii": True}})
+    limits = Limits(ping_interval=0.2, ping_timeout=1.0, close_timeout=0.5, tick=0.05)
+    with SyncServer(store, book, limits=limits) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)  # byte by byte: nothing past the handshake is read here
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(_frame(b'{"type": "auth", "token": "admin"}')
+                     + _frame(b'{"type": "sync", "entity": "*"}'))
+        frames: list[tuple[int, bytes]] = []
+        reader = threading.Thread(target=_read_frames, args=(sock, frames), daemon=True)
+        if reads:
+            reader.start()
+        wait_for(lambda: server.stats()["disconnects"], timeout=30,
+                 what="the server cut the connection")
+        wait_for(lambda: server.stats()["connections"] == 0, timeout=30, what="no connection")
+        (cut,) = server.stats()["disconnects"]
+        assert cut["code"] == 1011 and "no pong" in cut["reason"], cut
+        if reads:
+            reader.join(30)
+            # The client did get data and pings, and the close frame says why.
+            opcodes = [op for op, _ in frames]
+            assert 0x1 in opcodes and 0x9 in opcodes, opcodes[:20]
+            assert frames[-1][0] == 0x8, opcodes[-5:]
+            assert int.from_bytes(frames[-1][1][:2], "big") == 1011
+        else:
+            assert cut["unsent"] > 0  # the writer was stuck on a full socket buffer
+        sock.close()

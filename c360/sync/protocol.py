@@ -8,11 +8,13 @@ msgspec (datetimes become ISO 8601 strings).
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import msgspec
 
-RequestId = str | int | None
+RequestId = str | int | float | None
 
 
 class Auth(msgspec.Struct, tag="auth", tag_field="type", forbid_unknown_fields=True):
@@ -61,12 +63,56 @@ _ENCODER = msgspec.json.Encoder()
 class BadMessage(ValueError):
     """A client message that is not valid JSON or not a known request."""
 
+    def __init__(self, message: str, request: RequestId = None) -> None:
+        super().__init__(message)
+        self.request = request  # the frame's top-level "id", so that the reply can echo it
+
 
 def decode(raw: str | bytes) -> ClientMessage:
     try:
         return _DECODER.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise BadMessage(str(exc)) from None
+        raise BadMessage(str(exc), request_id(raw)) from None
+    except RecursionError:  # msgspec recurses per level of nesting of an untyped value (args)
+        raise BadMessage("nested too deeply (at most a few hundred levels)",
+                         request_id(raw)) from None
+
+
+# A JSON string, or a bracket: enough to find the top-level keys of a broken frame.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')
+_COLON = re.compile(r"\s*:\s*")
+_ID_VALUE = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
+
+
+def request_id(raw: str | bytes) -> RequestId:
+    """The top-level ``"id"`` of a frame that is not a valid request, if it is a string or a
+    number. A scan, not a parse: the frame may be cut short or nested too deeply to parse
+    (the scan keeps no stack, only a depth count)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else raw
+    if not text.lstrip().startswith("{"):
+        return None
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        token = m.group()
+        if token in ("{", "["):
+            depth += 1
+        elif token in ("}", "]"):
+            depth -= 1
+            if depth <= 0:
+                return None
+        elif depth == 1 and token == '"id"':
+            colon = _COLON.match(text, m.end())
+            if colon is None:
+                continue  # "id" as a value, not a key
+            value = _ID_VALUE.match(text, colon.end())
+            if value is None:
+                return None  # an id that is neither a string nor a number
+            try:
+                found = json.loads(value.group())
+            except ValueError:
+                return None
+            return found if isinstance(found, (str, int, float)) else None
+    return None
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -38,12 +39,16 @@ from c360.events import Command as CommandEvent
 from c360.events import encode as encode_event
 from c360.store import EntityStore, Subscription
 from c360.sync import protocol as p
-from c360.sync.auth import IDENTITY, PII_FIELDS, Scope, TokenBook
+from c360.sync.auth import IDENTITY, PII_FIELDS, REDACTED, Scope, TokenBook
 
 log = logging.getLogger(__name__)
 
-# Lifecycle detail keys shown to tokens with a field list (besides their allowed fields).
-SAFE_DETAIL = frozenset({"stream", "rule", "decision", "segment", "reason"})
+# What each lifecycle event tells about the entity's fields (see lifecycle_detail).
+_ABOUT_SEGMENTS = frozenset({"segment_entered", "segment_left"})  # membership: `segments`
+_ABOUT_INPUTS = frozenset({"rule_fired", "decision"})  # detail["fields"]: the rule's inputs
+_ABOUT_FIELD_LIST = frozenset({"decayed", "evicted"})  # detail["fields"]: narrowed per token
+_ABOUT_FIELD = frozenset({"rolled_up", "forgotten"})  # detail["field"]
+CATALOG_INPUT = "catalog."  # a rule input from the shop's catalogue, not the customer's fields
 RESUME_PATCHES = 16  # a resume missing more versions than this gets them as one patch
 _SKIP: dict[str, Any] = {}  # "send nothing for this entity" (compared by identity)
 
@@ -56,8 +61,11 @@ class Limits:
     history_versions: int = 64  # deltas kept per entity for resume
     history_entities: int = 10_000  # entities with a resume history (least recent dropped)
     ack_timeout: float = 30.0  # seconds a command may take to come back applied
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 60.0  # a client that answers no ping for this long is dropped
+    ping_interval: float | None = 20.0  # None: no pings (and no ping timeout)
+    # A client that has not answered a ping this long after it was sent is cut, whether or
+    # not it reads: the clock runs while the ping still waits in a full socket buffer.
+    ping_timeout: float = 60.0
+    close_timeout: float = 10.0  # a close handshake not done by then: the socket is dropped
     tick: float = 0.5  # how often expiry, revocation and command timeouts are checked
 
 
@@ -68,6 +76,7 @@ class _View:
     fields: frozenset[str] | None  # None: all the token allows
     version: int = -1  # the version of the client's copy; -1: no snapshot sent yet
     explicit: bool = True  # False: part of the wildcard sync
+    counted: bool = False  # in a wildcard's `count`: owed a snapshot or, if it left, unsynced
 
 
 @dataclass
@@ -115,6 +124,7 @@ class ConnectionStats:
     coalesced: int = 0  # deltas merged into a pending patch
     overflows: int = 0  # times the backlog was dropped for fresh snapshots
     events_dropped: int = 0
+    events_withheld: int = 0  # lifecycle events that would reveal fields outside the scope
 
 
 class _Connection:
@@ -134,14 +144,14 @@ class _Connection:
         self.wake = asyncio.Event()
         self.stats = ConnectionStats()
         self.closed = False
+        self.cut: dict[str, Any] | None = None  # why the server closed it, once it did
         self._turn = 0
 
     # -- the server's side: what to send -------------------------------------------------
     def reply(self, message: dict[str, Any]) -> None:
         if len(self.replies) >= self.server.limits.max_replies:
             # A client that keeps asking and never reads: refuse to buffer for it.
-            self.closed = True
-            asyncio.ensure_future(self.ws.close(1008, "too many unread replies"))
+            self.disconnect(1008, "too many unread replies")
             return
         self.replies.append(message)
         self.wake.set()
@@ -209,6 +219,52 @@ class _Connection:
         self.events.clear()
         self.server._wildcards.discard(self)
         self.server._lifecycles.discard(self)
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close with ``code``; a client that does not read cannot take the close frame, so
+        the socket is dropped if the handshake is not done within ``close_timeout``."""
+        if self.cut is not None:
+            return
+        self.closed = True
+        self.wake.set()  # the writer stops (unless it is stuck in a send: then the abort does)
+        transport = self.ws.transport
+        self.cut = {"code": code, "reason": reason,
+                    "unsent": transport.get_write_buffer_size() if transport else 0}
+        self.server.disconnects.append(self.cut)
+        log.info("sync: closing the connection from %s (%d): %s", self.ws.remote_address,
+                 code, reason)
+        asyncio.ensure_future(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.server.limits.close_timeout)
+        except asyncio.TimeoutError:
+            pass  # the close frame is stuck behind data the client does not read
+        finally:
+            if self.ws.transport is not None:
+                self.ws.transport.abort()
+
+    async def keepalive(self) -> None:
+        """Ping every ``ping_interval``; cut the client if a pong is not back within
+        ``ping_timeout`` of sending the ping. websockets' own keepalive cannot do this for a
+        client that reads nothing: its ``ping()`` waits for the full socket buffer to drain
+        before the timeout starts (websockets 17: still connected after 87 s)."""
+        lim = self.server.limits
+        assert lim.ping_interval is not None
+        while not self.closed:
+            await asyncio.sleep(lim.ping_interval)
+            try:
+                # ping() may wait for the socket buffer to drain: that time counts too.
+                await asyncio.wait_for(self._ping(), lim.ping_timeout)
+            except asyncio.TimeoutError:
+                self.disconnect(1011, f"no pong within {lim.ping_timeout:g}s of a ping")
+                return
+            except ConnectionClosed:
+                return
+
+    async def _ping(self) -> None:
+        pong = await self.ws.ping()
+        await pong
 
     # -- the writer ------------------------------------------------------------------------
     async def write_loop(self) -> None:
@@ -300,8 +356,10 @@ class _Connection:
             entity = self.server.store.get(e.entity_id) if scope.segment else None
             if not scope.allows_entity(e.entity_id, entity):
                 continue
-            detail = {k: scope.shown(k, v) for k, v in e.detail.items()
-                      if scope.fields == "*" or k in SAFE_DETAIL or scope.allows_field(k)}
+            detail = lifecycle_detail(scope, e)
+            if detail is None:
+                self.stats.events_withheld += 1
+                continue
             return {"type": "lifecycle", "entity": e.entity_id, "kind": e.kind,
                     "event": e.type, "version": e.version, "event_time": e.event_time,
                     "detail": detail}
@@ -324,7 +382,8 @@ class _Connection:
             reason = f"the entity left segment {self.wild.segment!r}"  # type: ignore[union-attr]
         else:
             return None
-        known = view.version >= 0  # the client holds a copy: tell it to drop it
+        # The client holds a copy, or counted on one (synced.count): tell it to drop it.
+        known = view.version >= 0 or view.counted
         self.forget(eid)
         return p.unsynced(eid, reason) if known else _SKIP
 
@@ -337,6 +396,46 @@ class _Connection:
         message = p.patch(eid, view.version, version, ops)
         view.version = version
         return message
+
+
+def lifecycle_detail(scope: Scope, e: Lifecycle) -> dict[str, Any] | None:
+    """The event's detail as this token may see it, or None: the event is not sent, since
+    even its type would tell something about a field outside the token's fields.
+
+    Rules build their reasons from the entity fields they list in ``fields`` (a reason
+    quotes their values): a decision goes only to tokens that may see all of them, its
+    reason and key redacted without the ``pii`` scope when one of them is PII.
+    """
+    d = e.detail
+    if e.type in _ABOUT_FIELD_LIST:
+        fields = [f for f in d.get("fields") or () if scope.allows_field(f)]
+        if not fields and scope.fields != "*":
+            return None
+        return {**d, "fields": fields}
+    about: list[str]
+    if e.type == "created":
+        about = []  # the stream that created the entity is not one of its fields
+    elif e.type in _ABOUT_SEGMENTS:
+        about = ["segments"]
+    elif e.type in _ABOUT_FIELD:
+        about = [str(d.get("field"))]
+    elif e.type in _ABOUT_INPUTS:
+        inputs = d.get("fields")
+        if not isinstance(inputs, list):  # inputs unknown: only for a token that sees all
+            if scope.fields != "*":
+                return None
+            inputs = []
+        about = [f for f in inputs if not str(f).startswith(CATALOG_INPUT)]
+    else:  # a type this server does not know: only the keys that are visible fields
+        return {k: scope.shown(k, v) for k, v in d.items() if scope.allows_field(k)}
+    if not all(scope.allows_field(f) for f in about):
+        return None
+    out = {k: scope.shown(k, v) for k, v in d.items()}
+    if not scope.pii and not PII_FIELDS.isdisjoint(about):
+        for k in ("reason", "key"):
+            if k in out:
+                out[k] = REDACTED
+    return out
 
 
 def _visible(field_name: str, wanted: frozenset[str] | None, scope: Scope) -> bool:
@@ -365,6 +464,8 @@ class SyncServer:
         self._watchers: dict[str, set[_Connection]] = {}
         self._wildcards: set[_Connection] = set()
         self._lifecycles: set[_Connection] = set()
+        self._held: dict[str, tuple[Lifecycle, int]] = {}  # rule_fired awaiting its decision
+        self._ticks = 0
         self._connections: set[_Connection] = set()
         self._waiters: dict[str, _Waiter] = {}
         self._producer: Any = None
@@ -374,6 +475,9 @@ class SyncServer:
         self._stopping: asyncio.Event | None = None
         self._subs: list[Subscription] = []
         self.error: BaseException | None = None
+        # The connections the server closed itself, most recent last: code, reason, and the
+        # bytes still unsent in the socket's buffer then (a client that stopped reading).
+        self.disconnects: deque[dict[str, Any]] = deque(maxlen=100)
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -388,8 +492,13 @@ class SyncServer:
         if not self._ready.wait(timeout) or self.error is not None:
             raise C360Error(f"the sync server did not start on {self.host}:{self.port}: "
                             f"{self.error}")
-        self._subs = [self.store.subscribe(self._take),
-                      self.store.subscribe_lifecycle(self._take)]
+        # The versions held now and the subscription are one step (the store's lock is
+        # reentrant): a delta applies to the version before it, also for the entities that
+        # were there before the server (else their first patch would claim base 0).
+        with self.store._lock:
+            self._last.update((k, e["version"]) for k, e in self.store._entities.items())
+            self._subs = [self.store.subscribe(self._take),
+                          self.store.subscribe_lifecycle(self._take)]
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -423,8 +532,9 @@ class SyncServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         lim = self.limits
-        async with serve(self._handle, self.host, self.port, ping_interval=lim.ping_interval,
-                         ping_timeout=lim.ping_timeout, max_size=1 << 20) as server:
+        # Pings are ours (see _Connection.keepalive), not websockets'.
+        async with serve(self._handle, self.host, self.port, ping_interval=None,
+                         close_timeout=lim.close_timeout, max_size=1 << 20) as server:
             self.port = _bound_port(server)
             self._ready.set()
             ticker = asyncio.create_task(self._tick())
@@ -435,6 +545,11 @@ class SyncServer:
         """Expiry, revocation and command time-outs happen without any traffic."""
         while True:
             await asyncio.sleep(self.limits.tick)
+            self._ticks += 1
+            for eid, (fired, tick) in list(self._held.items()):
+                if tick < self._ticks - 1:  # no decision followed: send it as it is
+                    del self._held[eid]
+                    self._offer_event(fired)
             try:
                 self.tokens.refresh()
             except C360Error as exc:  # keep the tokens we have; say why once per change
@@ -468,13 +583,37 @@ class SyncServer:
             self._scheduled = False
         for item in batch:
             if type(item) is Lifecycle:
-                for conn in self._lifecycles:
-                    conn.offer_event(item)
+                self._event(item)
             else:
                 self._deliver(item)  # type: ignore[arg-type]
 
+    def _event(self, e: Lifecycle) -> None:
+        # A rule_fired event does not say which fields the rule read; its decision, which
+        # c360.hooks emits right after it (same entity, version and rule), does. Hold it
+        # until then (or a tick at most), so it can be shown exactly to who sees the inputs.
+        held = self._held.pop(e.entity_id, None)
+        if held is not None:
+            fired = held[0]
+            if (e.type == "decision" and e.version == fired.version
+                    and e.detail.get("rule") == fired.detail.get("rule")
+                    and "fields" in e.detail):
+                fired = msgspec.structs.replace(
+                    fired, detail={**fired.detail, "fields": e.detail["fields"]})
+            self._offer_event(fired)
+        if e.type == "rule_fired" and "fields" not in e.detail:
+            self._held[e.entity_id] = (e, self._ticks)
+            return
+        self._offer_event(e)
+
+    def _offer_event(self, e: Lifecycle) -> None:
+        for conn in self._lifecycles:
+            conn.offer_event(e)
+
     def _deliver(self, d: Delta) -> None:
         eid = d.entity_id
+        # The version this delta applies to: the last one delivered, else the entity's version
+        # when the server subscribed (0: it did not exist). A delta the store merged for a
+        # lagging subscription spans several versions from there: still the right base.
         base = self._last.get(eid, 0)
         if d.version <= base:
             return
@@ -501,10 +640,13 @@ class SyncServer:
                                    "version": d.version, "event_id": d.event_id})
 
     def _missed(self, eid: str, since: int) -> list[_Step] | None:
-        """The deltas after version ``since``, if still held; else None."""
+        """The deltas after version ``since``, if still held; else None (a snapshot).
+        From version 0 it is always a snapshot: patches cannot apply to ``data: null``."""
+        if since <= 0:
+            return None
         history = self._history.get(eid)
         last = self._last.get(eid, 0)
-        if since == last and since > 0:
+        if since == last:
             return []
         if not history or since < history[0].base or since > last:
             return None
@@ -525,12 +667,15 @@ class SyncServer:
         conn = _Connection(self, ws)
         self._connections.add(conn)
         writer = asyncio.create_task(conn.write_loop())
+        pinger = (asyncio.create_task(conn.keepalive())
+                  if self.limits.ping_interval is not None else None)
         try:
             async for raw in ws:
                 try:
                     message = p.decode(raw)
                 except p.BadMessage as exc:
-                    conn.reply(p.error("bad_request", f"not a valid request: {exc}"))
+                    conn.reply(p.error("bad_request", f"not a valid request: {exc}",
+                                       exc.request))
                     continue
                 self._on_message(conn, message)
         except ConnectionClosed:
@@ -543,6 +688,8 @@ class SyncServer:
                 if w.conn is conn:
                     del self._waiters[event_id]
             writer.cancel()
+            if pinger is not None:
+                pinger.cancel()
 
     def _on_message(self, conn: _Connection, m: p.ClientMessage) -> None:
         if isinstance(m, p.Auth):
@@ -619,14 +766,21 @@ class SyncServer:
             for eid, view in list(conn.views.items()):
                 if not view.explicit:
                     conn.forget(eid)
-            conn.wild = _Wildcard(fields, m.segment, m.kind)
+            wild = conn.wild = _Wildcard(fields, m.segment, m.kind)
             self._wildcards.add(conn)
+            # Only what the token will get counts: a client may wait for `count` snapshots.
+            by_state = scope.segment is not None or wild.segment is not None
             count = 0
             for eid in self.store.ids(m.kind):
-                if eid not in conn.views:
-                    conn.views[eid] = _View(fields, explicit=False)
-                    conn.resnap[eid] = None
-                    count += 1
+                if eid in conn.views:
+                    continue
+                entity = self.store.get(eid) if by_state else None
+                if not scope.allows_entity(eid, entity) or (
+                        wild.segment is not None and not wild.matches(entity)):
+                    continue
+                conn.views[eid] = _View(fields, explicit=False, counted=True)
+                conn.resnap[eid] = None
+                count += 1
             conn.reply({"type": "synced", "id": m.id, "entity": "*", "count": count,
                         "fields": m.fields, "segment": m.segment})
             conn.wake.set()
@@ -749,6 +903,8 @@ class SyncServer:
             "sent": [c.stats.sent for c in conns],
             "coalesced": [c.stats.coalesced for c in conns],
             "overflows": [c.stats.overflows for c in conns],
+            "events_withheld": [c.stats.events_withheld for c in conns],
+            "disconnects": list(self.disconnects),
         }
 
 
