@@ -21,11 +21,12 @@ import pickle
 import uuid
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
+from bytewax.connectors.kafka import KafkaSinkMessage
 
 from c360.config import Settings
 from c360.delta import Delta, Lifecycle
 from c360.errors import DataError
+from c360.sinks import KafkaSink
 
 RUN_HEADER = "c360-run"
 # The stream of the deltas a resumed dataflow emits first: each entity's whole state at the

@@ -11,11 +11,10 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSink
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
@@ -30,6 +29,7 @@ from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
 from c360.recovery import recovery_config
 from c360.replica import Materializer
+from c360.sinks import KafkaSink
 from c360.source import KafkaBatchSource
 from c360.store import EntityStore
 
@@ -138,7 +138,10 @@ class Pipeline:
         s = self.settings
         brokers = s.require_bootstrap().split(",")
         self.source = KafkaBatchSource(s.librdkafka(), self.catalogue.input_topics,
-                                       idle_timeout=self.idle_timeout, stop=self._stop)
+                                       idle_timeout=self.idle_timeout, stop=self._stop,
+                                       unordered=[self.catalogue.commands_topic],
+                                       partition_idle=s.partition_idle_ms / 1000,
+                                       align_max=s.align_max)
         # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
         dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
                         add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
@@ -158,6 +161,12 @@ class Pipeline:
                           allowed_lateness=timedelta(seconds=s.allowed_lateness_s),
                           recoverable=self.recoverable)
 
+    @property
+    def as_of(self) -> datetime | None:
+        """After a bounded run: the event time every customer was aged to (the latest event
+        time read); the customers' ``as_of`` field. None when it did not end on idleness."""
+        return self.source.as_of if self.source is not None else None
+
     def ensure_topics(self) -> None:
         cat = self.catalogue
         create_topics(self.settings, [*cat.input_topics, cat.dlq_topic, cat.late_topic,
@@ -168,7 +177,9 @@ class Pipeline:
         if self.recovery_dir is None:
             return {}
         return {"epoch_interval": timedelta(seconds=self.snapshot_interval),
-                "recovery_config": recovery_config(self.recovery_dir)}
+                "recovery_config": recovery_config(self.recovery_dir,
+                                                   kafka=self.settings.librdkafka(),
+                                                   topics=self.catalogue.input_topics)}
 
     def run(self) -> EntityStore:
         """Run in this thread until stopped or (with ``idle_timeout``) idle."""
@@ -193,11 +204,12 @@ class Pipeline:
         self.ensure_topics()
         flow = self.build()
         tune_gc()
+        options = self._cluster_options()  # a bad recovery directory raises here, not later
 
         def target() -> None:
             try:
                 cluster_main(flow, self.addresses, self.process_id,
-                             worker_count_per_proc=self.workers, **self._cluster_options())
+                             worker_count_per_proc=self.workers, **options)
             except BaseException as exc:  # surfaced by stop() and alive()
                 self.error = c360_cause(exc)
                 log.exception("the customer-360 dataflow stopped with an error")
@@ -233,10 +245,13 @@ def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
                    store: EntityStore | None = None) -> EntityStore:
     """Consume every stream topic from the beginning until idle for ``idle`` seconds.
 
-    Returns the store; with ``export``, also writes one row per customer there.
+    Returns the store; with ``export``, also writes one row per customer there. Every
+    customer is aged to the latest event time read and carries it as ``as_of``
+    (docs/event-time.md).
     """
     pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle)
     pipeline.run()
+    log.info("input ended; every customer is as of %s (its as_of field)", pipeline.as_of)
     if export is not None:
         pipeline.store.export(export)
     return pipeline.store
