@@ -17,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from c360.config import Settings
+from c360.config import Settings, parse_bootstrap
 from c360.errors import BrokerError
 
 
@@ -31,13 +31,80 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 15.0,
+                  alive: Callable[[], bool] | None = None) -> None:
+    """Wait until something listens on ``host:port``; with ``alive``, give up as soon as
+    the process that should listen there has exited (not after the whole timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
             return
+        if alive is not None and not alive():
+            raise BrokerError(f"the process meant to listen on {host}:{port} exited")
         time.sleep(0.02)
     raise BrokerError(f"nothing is listening on {host}:{port} after {timeout:.0f}s")
+
+
+def check_port(port: int, what: str = "port", host: str = "127.0.0.1") -> int:
+    """``port`` if it is a port number that nothing listens on here, else :class:`BrokerError`
+    at once (a server started there would fail, or we would wait on someone else's)."""
+    if not 0 <= port <= 65535:
+        raise BrokerError(f"{what} {port} is not a port number (0-65535; 0: any free port)")
+    if port == 0:
+        return port
+    with socket.socket() as s:
+        # As servers do: a port whose old connections linger in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(f"{what} {port} is in use ({exc.strerror or exc}): pick another, "
+                              "or 0 for any free port") from None
+    return port
+
+
+CONNECT_TIMEOUT = 5.0  # seconds a CLI command waits for the cluster before it says so
+
+
+def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise :class:`BrokerError` in one line unless a Kafka broker of ``settings`` answers a
+    metadata request within ``timeout`` seconds.
+
+    Why: the Kafka clients retry an unreachable or wrong bootstrap for 30 s and more, and
+    log each attempt (21-27 kafka-python lines measured); this says what is wrong in at
+    most ``timeout`` seconds, and nothing else. A refused port or an unknown host is known
+    at once from a plain TCP connect; a listener that is not Kafka (or wrong security
+    settings) from the metadata request, whose client logs are muted here.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = settings.require_bootstrap()
+    deadline = time.monotonic() + timeout
+    reasons: list[str] = []
+    for host, port in parse_bootstrap(bootstrap, "bootstrap"):
+        try:
+            socket.create_connection((host, port), max(0.1, deadline - time.monotonic())).close()
+            break
+        except socket.gaierror:
+            reasons.append(f"unknown host {host!r}")
+        except OSError as exc:
+            reasons.append(f"{host}:{port}: {exc.strerror or exc}")
+    else:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap} ({'; '.join(reasons)}): start a "
+                          "broker (`c360 broker` prints the address to export) or fix "
+                          "C360_KAFKA_BOOTSTRAP / --bootstrap")
+    errors: list[str] = []
+    admin = AdminClient({**settings.librdkafka(), "log_level": 0,
+                         "error_cb": lambda err: errors.append(str(err))})
+    try:
+        admin.list_topics(timeout=max(0.5, deadline - time.monotonic()))
+    except KafkaException as exc:
+        admin.poll(0)  # delivers the error callbacks: the reason, if librdkafka knows one
+        reason = errors[-1] if errors else str(exc.args[0].str() if exc.args else exc)
+        raise BrokerError(f"Kafka at {bootstrap} did not answer within {timeout:g}s ({reason}): "
+                          "is it a Kafka broker, and are the C360_KAFKA_SECURITY_PROTOCOL / "
+                          "SASL / SSL settings right?") from None
 
 
 # The broker runs under a tiny shell that kills it when our end of its stdin
@@ -116,13 +183,15 @@ class EmbeddedBroker:
         return not self.storage.startswith("memory:")
 
     def start(self) -> EmbeddedBroker:
+        if self._proc is None:  # a first start; a restart reuses the port it had
+            check_port(self.port, "the embedded broker's port")
         url = f"tcp://127.0.0.1:{self.port}"
         self._proc = _watched(
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", self.storage],
             self._log_path, self._env)
         try:
-            wait_for_port("127.0.0.1", self.port)
+            wait_for_port("127.0.0.1", self.port, alive=self.alive)
         except BrokerError:
             self.stop()
             raise BrokerError(f"the embedded broker did not start on port {self.port}") from None
@@ -375,6 +444,40 @@ class TopicWatch:
 
 
 @contextlib.contextmanager
+def embedded_broker(settings: Settings | None = None, *, port: int | None = None,
+                    partitions: int | None = None) -> Iterator[Settings]:
+    """Start the embedded broker, create c360's topics on it, and point this process at it
+    for the block: yields its settings and sets ``C360_KAFKA_BOOTSTRAP`` meanwhile, so
+    ``run_until_idle()``, ``Pipeline()`` and child processes (``!c360 replay olist`` in a
+    notebook) use it. On exit the broker stops, and its topics and events go with it.
+
+    A library never starts a broker on its own: an empty broker would only give an empty
+    answer, and nothing would know when to stop it. This block says who starts and stops it.
+
+    >>> with c360.embedded_broker() as settings:
+    ...     simulate(settings, customers=100, events=5_000)
+    ...     store = c360.run_until_idle(3)
+    """
+    from c360.events import Catalogue
+
+    base = settings or Settings.from_env()
+    with EmbeddedBroker(base.broker_port if port is None else port) as broker:
+        ready = base.with_bootstrap(broker.bootstrap)
+        cat = Catalogue(ready.topic_prefix)
+        create_topics(ready, [*cat.input_topics, cat.dlq_topic, cat.late_topic,
+                              cat.decisions_topic], partitions)
+        before = os.environ.get("C360_KAFKA_BOOTSTRAP")
+        os.environ["C360_KAFKA_BOOTSTRAP"] = broker.bootstrap
+        try:
+            yield ready
+        finally:
+            if before is None:
+                os.environ.pop("C360_KAFKA_BOOTSTRAP", None)
+            else:
+                os.environ["C360_KAFKA_BOOTSTRAP"] = before
+
+
+@contextlib.contextmanager
 def kafka_for(settings: Settings) -> Iterator[Settings]:
     """Yield settings that point at a cluster: the user's, or a fresh embedded broker."""
     if settings.bootstrap:
@@ -394,6 +497,7 @@ def create_topics(settings: Settings, topics: Iterable[str], partitions: int | N
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     count = partitions or settings.partitions
+    check_reachable(settings)  # kafka-python would retry (and log) for 30 s and more
     try:
         admin = KafkaAdminClient(**settings.kafka_python(), client_id="c360-admin")
     except KafkaError as exc:

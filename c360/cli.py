@@ -1,25 +1,143 @@
-"""The ``c360`` command: broker, simulate, replay, run, demo."""
+"""The ``c360`` command: broker, simulate, replay, run, demo, bench.
+
+Every argument and setting is checked before any work starts, and the Kafka cluster is
+asked for its metadata (at most 5 s) before anything is read or produced. Whatever is
+wrong is one line on stderr and exit code 2. ``-v`` logs at INFO level, shows the Kafka
+clients' own logs and the traceback of an unexpected error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, NoReturn
 
-from c360.config import Settings
-from c360.errors import C360Error
+from c360.config import Settings, check_topic_name, parse_bootstrap
+from c360.errors import C360Error, ConfigError
+
+EXPORT_SUFFIXES = (".parquet", ".csv", ".jsonl")
+BENCH_SECTIONS = range(1, 7)
 
 
+# -- checks: each raises a one-line error before any work -----------------------------------
+def _whole(minimum: int, maximum: int | None = None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            span = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value}")
+        return value
+    return parse
+
+
+def _seconds(*, zero: bool) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'more than 0'}, not {text}")
+        return value
+    return parse
+
+
+_PORT = _whole(0, 65535)
+
+
+def _bootstrap(text: str) -> str:
+    try:
+        parse_bootstrap(text, "--bootstrap")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--bootstrap=")) from None
+    return text.strip()
+
+
+def _sections(text: str) -> list[int]:
+    try:
+        chosen = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        chosen = []
+    if not chosen or any(i not in BENCH_SECTIONS for i in chosen):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give section numbers 1-6 separated by commas, e.g. 1,3,5")
+    return list(dict.fromkeys(chosen))
+
+
+def _writable(path: Path, what: str) -> Path:
+    """``path`` if a file can be written there (its folders are created when needed)."""
+    if path.is_dir():
+        raise C360Error(f"{what} {path} is a directory: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise C360Error(f"cannot write {what} {path}: permission denied")
+    return _writable_dir(path.parent, what, path)
+
+
+def _writable_dir(directory: Path, what: str, target: Path | None = None) -> Path:
+    target = target or directory
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise C360Error(f"cannot write {what} {target}: {ancestor} is not a directory")
+    try:  # a real probe: os.access says yes to root even on read-only file systems
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise C360Error(f"cannot write {what} {target}: {exc.strerror or exc} in "
+                        f"{ancestor}") from None
+    return target
+
+
+def _export_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in EXPORT_SUFFIXES:
+        raise C360Error(f"cannot export to {path.name!r}: use a name ending in "
+                        f"{', '.join(EXPORT_SUFFIXES)}")
+    return _writable(path, "the export")
+
+
+def _cluster(args: argparse.Namespace) -> Settings:
+    """The settings with the cluster to use, checked: it answers within 5 s."""
+    from c360.broker import check_reachable
+
+    settings = Settings.from_env()
+    if getattr(args, "bootstrap", None):
+        settings = settings.with_bootstrap(args.bootstrap, "--bootstrap")
+    check_reachable(settings)
+    return settings
+
+
+def _check_tokens() -> None:
+    """Sync tokens (C360_TOKENS_FILE / C360_TOKENS): readable and valid, before a server
+    that would serve them starts."""
+    from c360.sync import TokenBook
+
+    TokenBook.from_env()
+
+
+# -- commands -------------------------------------------------------------------------------
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from c360.broker import EmbeddedBroker, create_topics
+    from c360.broker import EmbeddedBroker, check_port, create_topics
     from c360.events import Catalogue
 
     settings = Settings.from_env()
-    broker = EmbeddedBroker(args.port or settings.broker_port).start()
+    port = check_port(args.port or settings.broker_port, "--port")
+    broker = EmbeddedBroker(port).start()
     try:
         cat = Catalogue(settings.topic_prefix)
         create_topics(settings.with_bootstrap(broker.bootstrap),
@@ -43,101 +161,247 @@ def _wait_for_interrupt(alive) -> None:
         pass
 
 
-def _settings_with_cluster(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    if getattr(args, "bootstrap", None):
-        settings = settings.with_bootstrap(args.bootstrap)
-    return settings
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from c360.simulator import simulate
 
-    settings = _settings_with_cluster(args)
-    simulate(settings.with_bootstrap(settings.require_bootstrap()), customers=args.customers,
-             rate=args.rate, duration=args.duration, events=args.events, seed=args.seed,
-             progress=not args.quiet)
+    settings = _cluster(args)
+    simulate(settings, customers=args.customers, rate=args.rate, duration=args.duration,
+             events=args.events, seed=args.seed, progress=not args.quiet)
     return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from c360.olist import replay
+    from c360 import olist
 
-    settings = _settings_with_cluster(args)
-    settings.require_bootstrap()
+    settings = Settings.from_env()
     data = Path(args.data) if args.data else settings.olist_dir
-    replay(settings, data_dir=data, speed=args.speed, progress=not args.quiet)
+    for table in olist._FILES:  # every file there, before the cluster is even asked
+        olist._path(olist._check_dir(data), table)
+    settings = _cluster(args)
+    olist.replay(settings, data_dir=data, speed=args.speed, progress=not args.quiet)
     return 0
+
+
+def _addresses(args: argparse.Namespace) -> list[str]:
+    addresses = [a.strip() for a in (args.addresses or "").split(";") if a.strip()]
+    if addresses:
+        parse_bootstrap(",".join(addresses), "--addresses")
+    if args.process_id >= max(1, len(addresses)):
+        raise C360Error(f"--process-id {args.process_id} is not an index of the "
+                        f"{len(addresses)} --addresses" if addresses else
+                        "--process-id needs --addresses (every process of the cluster)")
+    return addresses
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from c360.events import Catalogue
-    from c360.hooks import EntityHooks
-    from c360.pipeline import Pipeline
 
-    settings = _settings_with_cluster(args)
-    settings.require_bootstrap()
+    settings = Settings.from_env()
     changes = args.changes
     if changes == "":  # --changes without a topic: the catalogue's
         changes = Catalogue(settings.topic_prefix).changes_topic
-    addresses = [a for a in (args.addresses or "").split(";") if a]
-    if addresses and not 0 <= args.process_id < len(addresses):
-        raise C360Error(f"--process-id {args.process_id} is not an index of the "
-                        f"{len(addresses)} --addresses")
+    elif changes is not None:
+        check_topic_name(changes, "--changes")
+    addresses = _addresses(args)
+    export = _export_path(args.export) if args.export else None
+    if args.recovery_dir:
+        if Path(args.recovery_dir).exists() and not Path(args.recovery_dir).is_dir():
+            raise C360Error(f"--recovery-dir {args.recovery_dir} is not a directory")
+        _writable_dir(Path(args.recovery_dir), "the recovery directory")
+    settings = _cluster(args)  # last: every check that needs no cluster came first
+
+    from c360.hooks import EntityHooks
+    from c360.pipeline import Pipeline
+
     hooks = None
     if args.no_sweep:
         hooks = EntityHooks(sweep_per_batch=0,
                             allowed_lateness=timedelta(seconds=settings.allowed_lateness_s))
-    pipeline = Pipeline(settings, workers=args.workers, idle_timeout=args.until_idle,
+    store = _progress_store()
+    pipeline = Pipeline(settings, store, workers=args.workers, idle_timeout=args.until_idle,
                         recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
                         changes_topic=changes, hooks=hooks, addresses=addresses,
                         process_id=args.process_id)
-    store = pipeline.run()
-    if args.export:
-        store.export(args.export)
+    progress = _Progress(pipeline, store, args.until_idle, args.progress)
+    progress.start()
+    try:
+        pipeline.run()
+    except BaseException:
+        progress.stop(ok=False)
+        raise
+    progress.stop(ok=True)
+    if export is not None:
+        store.export(export)
     print(f"{store.count('customer')} customers, {store.count('product')} products"
-          + (f"; exported to {args.export}" if args.export else ""))
+          + (f"; exported to {export}" if export else ""))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from c360.broker import check_port, check_reachable
+
+    if args.port and args.port == args.sync_port:
+        raise C360Error(f"--port and --sync-port are both {args.port}: give two ports")
+    check_port(args.port, "--port")
+    check_port(args.sync_port, "--sync-port")
+    settings = Settings.from_env()
+    users = os.environ.get("C360_DASHBOARD_USERS", "").strip()
+    if users.endswith(".json") and not Path(users).is_file():
+        raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: no such file (a JSON object of "
+                          "user -> password)")
+    _check_tokens()
+    if settings.bootstrap:
+        check_reachable(settings)
+    else:
+        check_port(settings.broker_port, "C360_BROKER_PORT")
+
     from c360.demo import run_demo
 
     return run_demo(port=args.port, customers=args.customers, rate=args.rate,
-                    show=not args.no_browser, sync_port=args.sync_port)
+                    show=not args.no_browser, sync_port=args.sync_port, settings=settings)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    out = _writable(Path(args.out), "the bench result")
+    plots = _writable_dir(Path(args.plots), "the plots") if args.plots else None
+
     from c360.bench.runner import run_bench
 
-    sections = [int(x) for x in args.sections.split(",")] if args.sections else None
-    out = Path(args.out)
-    result = run_bench(quick=args.quick, out=out, sections=sections, peers=not args.no_peers,
-                       flink=args.flink, plots=Path(args.plots) if args.plots else None,
+    result = run_bench(quick=args.quick, out=out, sections=args.sections,
+                       peers=not args.no_peers, flink=args.flink, plots=plots,
                        progress=not args.quiet)
     print(f"wrote {out} ({len(result['sections'])} sections)")
     return 0
 
 
+# -- progress of `c360 run` -----------------------------------------------------------------
+def _progress_store() -> Any:
+    """An EntityStore that also remembers the latest event time it was given (one
+    comparison per batch, not per event: the dataflow's hot path stays as it is)."""
+    from c360.store import EntityStore
+
+    class ProgressStore(EntityStore):
+        event_time: Any = None
+
+        def apply(self, deltas: Any) -> None:
+            if not isinstance(deltas, list):
+                deltas = list(deltas)
+            if deltas:
+                t = deltas[-1].event_time
+                if self.event_time is None or t > self.event_time:
+                    self.event_time = t
+            super().apply(deltas)
+
+    return ProgressStore()
+
+
+class _Progress:
+    """What `c360 run` has done so far, on stderr.
+
+    On a terminal: one line redrawn every second. Otherwise (CI logs, files) a plain line
+    every 10 s, and only for a bounded run (--until-idle): a live service would fill its
+    log with them. ``--progress always|never`` overrides; the last line sums the run up.
+    """
+
+    def __init__(self, pipeline: Any, store: Any, idle: float | None, mode: str) -> None:
+        tty = sys.stderr.isatty()
+        self._redraw = tty and mode != "never"
+        self.enabled = mode == "always" or (mode == "auto" and (tty or idle is not None))
+        self._every = 1.0 if self._redraw else 10.0
+        self._pipeline, self._store, self._idle = pipeline, store, idle
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="c360-progress", daemon=True)
+        self._started = time.monotonic()
+        self._last = (self._started, 0)
+        self._changed = self._started
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread.start()
+
+    def _events(self) -> int:
+        idle = getattr(self._pipeline.source, "idle", None)  # read by the source
+        read = getattr(idle, "messages", None)
+        return read if isinstance(read, int) else sum(self._store.stream_counts().values())
+
+    def _line(self, final: bool = False) -> str:
+        now, events = time.monotonic(), self._events()
+        then, before = self._last
+        if events != before:
+            self._changed = now
+        self._last = (now, events)
+        elapsed = now - self._started
+        rate = events / elapsed if final else (events - before) / max(now - then, 1e-9)
+        t = self._store.event_time
+        at = f", event time {t:%Y-%m-%d %H:%M} UTC" if t is not None else ""
+        if final:
+            return (f"c360 run: {events:,} events read in {elapsed:.1f}s ({rate:,.0f}/s)"
+                    f"{at.replace('event time', 'event time up to')}, {len(self._store):,} "
+                    "entities")
+        quiet = now - self._changed
+        wait = (f", idle {quiet:.0f}s of {self._idle:g}s" if self._idle is not None
+                and quiet >= 1 else "")
+        return (f"c360 run: {events:,} events read ({rate:,.0f}/s){at}, "
+                f"{len(self._store):,} entities{wait}")
+
+    def _show(self, text: str) -> None:
+        if self._redraw:  # cut to the terminal's width: a wrapped line cannot be redrawn
+            width = shutil.get_terminal_size().columns - 1
+            sys.stderr.write("\r" + text[:width] + "\x1b[K")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._every):
+            self._show(self._line())
+
+    def stop(self, ok: bool) -> None:
+        if not self.enabled:
+            return
+        self._done.set()
+        self._thread.join()
+        if self._redraw:
+            sys.stderr.write("\r\x1b[K")  # the error, if any, gets a clean line
+        if ok:
+            sys.stderr.write(self._line(final=True) + "\n")
+        sys.stderr.flush()
+
+
+# -- the parser -----------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument as one line (not usage and the message on two)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="c360", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="c360", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at INFO level, with the Kafka clients' logs and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("broker", help="run the embedded Kafka broker (Tansu)")
-    b.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
-    b.add_argument("--partitions", type=int, default=None, help="partitions per stream topic")
+    b.add_argument("--port", type=_PORT, default=0,
+                   help="listen port (default: C360_BROKER_PORT, else a free one)")
+    b.add_argument("--partitions", type=_whole(1), default=None,
+                   help="partitions per stream topic (default: C360_PARTITIONS, else 2)")
     b.set_defaults(func=_cmd_broker)
 
     s = sub.add_parser("simulate", help="produce every stream as a simulated retailer")
-    s.add_argument("--customers", type=int, default=1000)
-    s.add_argument("--rate", type=float, default=1000.0, help="events per second (0: flat out)")
+    s.add_argument("--customers", type=_whole(1), default=1000)
+    s.add_argument("--rate", type=_seconds(zero=True), default=1000.0,
+                   help="events per second (0: flat out)")
     stop = s.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, default=None, help="seconds to run")
-    stop.add_argument("--events", type=int, default=None, help="events to produce")
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--bootstrap", default=None, 
-                   help="Kafka bootstrap (default: C360_KAFKA_BOOTSTRAP)")
+    stop.add_argument("--duration", type=_seconds(zero=False), default=None,
+                      help="seconds to run")
+    stop.add_argument("--events", type=_whole(1), default=None, help="events to produce")
+    s.add_argument("--seed", type=_whole(-(2**63)), default=42)
+    s.add_argument("--bootstrap", type=_bootstrap, default=None,
+                   help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_simulate)
 
@@ -145,19 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dataset", choices=["olist"])
     r.add_argument("--data", default=None,
                    help="data directory (default: C360_OLIST_DIR, else ../shared/data/olist)")
-    r.add_argument("--speed", type=float, default=0.0,
+    r.add_argument("--speed", type=_seconds(zero=True), default=0.0,
                    help="event-time seconds per wall second (0: as fast as possible)")
-    r.add_argument("--bootstrap", default=None)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--bootstrap", type=_bootstrap, default=None,
+                   help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_replay)
 
-    u = sub.add_parser("run", help="run the dataflow until the topics are idle, then export")
-    u.add_argument("--until-idle", type=float, default=None, metavar="SECONDS",
+    u = sub.add_parser("run", help="run the dataflow (until the topics are idle), then export")
+    u.add_argument("--until-idle", type=_seconds(zero=False), default=None, metavar="SECONDS",
                    help="stop when every topic was idle this long (default: run until killed)")
     u.add_argument("--recovery-dir", default=None, metavar="DIR",
                    help="bytewax recovery partitions (created when missing); a restart with "
                         "the same DIR resumes where the last snapshot left off")
-    u.add_argument("--snapshot-interval", type=float, default=1.0, metavar="SECONDS",
+    u.add_argument("--snapshot-interval", type=_seconds(zero=False), default=1.0,
+                   metavar="SECONDS",
                    help="with --recovery-dir: seconds between snapshots (default 1)")
     u.add_argument("--changes", nargs="?", const="", default=None, metavar="TOPIC",
                    help="publish every entity change to TOPIC (default: PREFIX + 'changes')")
@@ -166,24 +432,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "timing, so runs are then comparable entity for entity)")
     u.add_argument("--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
                    help="every dataflow process of a cluster (bytewax -a)")
-    u.add_argument("--process-id", type=int, default=0, help="this process's index (-i)")
-    u.add_argument("--export", default=None, metavar="PATH", help=".parquet, .csv or .jsonl")
-    u.add_argument("--workers", type=int, default=1)
-    u.add_argument("--bootstrap", default=None)
+    u.add_argument("--process-id", type=_whole(0), default=0,
+                   help="this process's index in --addresses (-i)")
+    u.add_argument("--export", default=None, metavar="PATH",
+                   help="one row per customer at the end: .parquet, .csv or .jsonl")
+    u.add_argument("--workers", type=_whole(1), default=1, help="worker threads (default 1)")
+    u.add_argument("--bootstrap", type=_bootstrap, default=None,
+                   help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
+    u.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress on stderr: auto (default) redraws a line every second on a "
+                        "terminal, else prints one every 10 s for --until-idle runs")
     u.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("demo", help="broker + simulator + dataflow + live page, until Ctrl-C")
-    d.add_argument("--port", type=int, default=5006, help="web port (0: a free one)")
-    d.add_argument("--customers", type=int, default=500)
-    d.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
+    d.add_argument("--port", type=_PORT, default=5006, help="web port (0: a free one)")
+    d.add_argument("--customers", type=_whole(1), default=500)
+    d.add_argument("--rate", type=_seconds(zero=False), default=200.0,
+                   help="simulated events per second")
     d.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    d.add_argument("--sync-port", type=int, default=0,
+    d.add_argument("--sync-port", type=_PORT, default=0,
                    help="port of the sync WebSocket server (default: a free one)")
     d.set_defaults(func=_cmd_demo)
+
     bn = sub.add_parser("bench", help="benchmarks: ratios to the Python limit, peers, latency")
     bn.add_argument("--quick", action="store_true", help="every section at small scale")
-    bn.add_argument("--out", default="bench.json", metavar="PATH.json")
-    bn.add_argument("--sections", default=None, help="e.g. 1,2,4 (default: all six)")
+    bn.add_argument("--out", default="bench.json", metavar="PATH.json",
+                    help="the JSON result (default bench.json)")
+    bn.add_argument("--sections", type=_sections, default=None, metavar="N,N",
+                    help="e.g. 1,2,4 (default: all six)")
     bn.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots there")
     bn.add_argument("--no-peers", action="store_true", help="skip Quix Streams and Pathway")
     bn.add_argument("--flink", action=argparse.BooleanOptionalAction, default=None,
@@ -193,17 +469,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kafka-python logs every retry of an unreachable broker (21-27 lines measured);
+        # c360 raises one BrokerError that says what to do instead.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except C360Error as exc:
-        print(f"c360: error: {exc}", file=sys.stderr)
+        print(f"c360: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"c360: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+              "(run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

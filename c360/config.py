@@ -9,6 +9,7 @@ librdkafka (bytewax's connector).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from c360.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
+def _int_env(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw)
@@ -27,7 +28,43 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
+
+
+# A host name, an IPv4 address or a bracketed IPv6 address, then a port.
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?)"
+                        r":(?P<port>[0-9]{1,5})")
+
+
+def parse_bootstrap(value: str, origin: str = "C360_KAFKA_BOOTSTRAP") -> list[tuple[str, int]]:
+    """``host:port,host:port`` as (host, port) pairs, or :class:`ConfigError` naming
+    ``origin`` (the variable or option it came from) and what a good value looks like."""
+    pairs: list[tuple[str, int]] = []
+    for part in value.split(","):
+        part = part.strip()
+        match = _HOST_PORT.fullmatch(part)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            what = f"{value!r}" if part == value.strip() else f"{value!r}: {part!r}"
+            raise ConfigError(f"{origin}={what} is not host:port "
+                              "(for example 127.0.0.1:9092; several: host1:9092,host2:9092)")
+        pairs.append((match["host"].strip("[]"), int(match["port"])))
+    return pairs
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+# Kafka's rule for topic names (249 characters at most; we leave room for the stream name).
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
+TOPIC_PREFIX_MAX = 200
+
+
+def check_topic_name(name: str, origin: str) -> str:
+    if not name or len(name) > 249 or _TOPIC_CHARS.fullmatch(name) is None:
+        raise ConfigError(f"{origin}={name!r} is not a Kafka topic name (1-249 characters "
+                          "among letters, digits, '.', '_' and '-')")
+    return name
 
 
 @dataclass(frozen=True)
@@ -39,6 +76,27 @@ class KafkaSecurity:
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
+
+    def validate(self) -> KafkaSecurity:
+        """These settings, normalised, or :class:`ConfigError` for a value no client accepts
+        (so a typo fails at once, not after a connection attempt has timed out)."""
+        protocol = self.protocol.strip().upper()
+        mechanism = self.sasl_mechanism.strip().upper()
+        if protocol and protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"C360_KAFKA_SECURITY_PROTOCOL={self.protocol!r} is not one of "
+                              f"{', '.join(SECURITY_PROTOCOLS)}")
+        if mechanism and mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"C360_KAFKA_SASL_MECHANISM={self.sasl_mechanism!r} is not one "
+                              f"of {', '.join(SASL_MECHANISMS)}")
+        if mechanism and not protocol.startswith("SASL_"):
+            raise ConfigError("C360_KAFKA_SASL_MECHANISM is set: set "
+                              "C360_KAFKA_SECURITY_PROTOCOL to SASL_SSL or SASL_PLAINTEXT too")
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not self.sasl_username:
+            raise ConfigError(f"C360_KAFKA_SASL_MECHANISM={mechanism} needs "
+                              "C360_KAFKA_SASL_USERNAME and C360_KAFKA_SASL_PASSWORD")
+        if self.ssl_cafile and not Path(self.ssl_cafile).is_file():
+            raise ConfigError(f"C360_KAFKA_SSL_CAFILE={self.ssl_cafile!r}: no such file")
+        return replace(self, protocol=protocol, sasl_mechanism=mechanism)
 
     def kafka_python(self) -> dict[str, str]:
         """Keyword arguments for kafka-python's clients."""
@@ -80,37 +138,60 @@ class Settings:
     olist_dir: Path = REPO_ROOT.parent / "shared" / "data" / "olist"
     max_event_bytes: int = 1_000_000
     allowed_lateness_s: int = 3600  # event time an event may lag its partition by
+    # A topic partition at its end with nothing buffered this long stops holding the
+    # event-time merge back (docs/event-time.md): 50x the consumer's fetch wait (10 ms),
+    # so one whose data is in flight is not given up on even on a busy machine, while a
+    # quiet topic adds at most this to the latency of the others.
+    partition_idle_ms: int = 500
+    align_max: int = 20_000  # messages buffered per topic partition before it is paused
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The settings of the environment, every one checked: a bad value is a
+        :class:`ConfigError` naming the variable, before anything has started."""
         env = os.environ
         olist = env.get("C360_OLIST_DIR")
+        bootstrap = env.get("C360_KAFKA_BOOTSTRAP", "").strip()
+        if bootstrap:
+            parse_bootstrap(bootstrap)
+        prefix = env.get("C360_TOPIC_PREFIX", "c360.")
+        if len(prefix) > TOPIC_PREFIX_MAX:
+            raise ConfigError(f"C360_TOPIC_PREFIX is {len(prefix)} characters long; "
+                              f"keep it to {TOPIC_PREFIX_MAX}")
+        check_topic_name(prefix, "C360_TOPIC_PREFIX")
         return cls(
-            bootstrap=env.get("C360_KAFKA_BOOTSTRAP", "").strip(),
+            bootstrap=bootstrap,
             security=KafkaSecurity(
                 protocol=env.get("C360_KAFKA_SECURITY_PROTOCOL", ""),
                 sasl_mechanism=env.get("C360_KAFKA_SASL_MECHANISM", ""),
                 sasl_username=env.get("C360_KAFKA_SASL_USERNAME", ""),
                 sasl_password=env.get("C360_KAFKA_SASL_PASSWORD", ""),
                 ssl_cafile=env.get("C360_KAFKA_SSL_CAFILE", ""),
-            ),
-            topic_prefix=env.get("C360_TOPIC_PREFIX", "c360."),
+            ).validate(),
+            topic_prefix=prefix,
             partitions=_int_env("C360_PARTITIONS", 2),
             replication=_int_env("C360_REPLICATION", 1),
-            broker_port=_int_env("C360_BROKER_PORT", 0, minimum=0),
+            broker_port=_int_env("C360_BROKER_PORT", 0, minimum=0, maximum=65535),
             olist_dir=Path(olist) if olist else cls.olist_dir,
             max_event_bytes=_int_env("C360_MAX_EVENT_BYTES", 1_000_000),
             allowed_lateness_s=_int_env("C360_ALLOWED_LATENESS_S", 3600, minimum=0),
+            partition_idle_ms=_int_env("C360_PARTITION_IDLE_MS", 500, minimum=0),
+            align_max=_int_env("C360_ALIGN_MAX", 20_000, minimum=10),
         )
 
-    def with_bootstrap(self, bootstrap: str) -> Settings:
+    def with_bootstrap(self, bootstrap: str, origin: str = "bootstrap") -> Settings:
+        """These settings on another cluster; ``origin`` names where the value came
+        from in the error a malformed one raises (``--bootstrap``, say)."""
+        bootstrap = bootstrap.strip()
+        parse_bootstrap(bootstrap, origin)
         return replace(self, bootstrap=bootstrap)
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap:
             raise ConfigError(
-                "no Kafka cluster: set C360_KAFKA_BOOTSTRAP=host:port, "
-                "or start the embedded broker with `c360 broker` and export its address"
+                "no Kafka cluster: set C360_KAFKA_BOOTSTRAP=host:port, or start the embedded "
+                "broker with `c360 broker` and export the address it prints (in Python: "
+                "`with c360.embedded_broker() as settings: ...`)"
             )
         return self.bootstrap
 

@@ -66,3 +66,42 @@ def test_decode_round_trips_and_rejects_with_reasons() -> None:
     # The mixed ingest topic: records name their stream.
     mixed = encode(pay)[:-1] + b',"stream":"payments"}'
     assert cat.decode(cat.ingest_topic, mixed) == pay
+
+
+def test_bootstrap_values_are_checked_before_any_connection(monkeypatch) -> None:
+    from c360.config import parse_bootstrap
+
+    assert parse_bootstrap("k1:9093, k2:9093") == [("k1", 9093), ("k2", 9093)]
+    assert parse_bootstrap("[::1]:9092,10.0.0.7:19092") == [("::1", 9092), ("10.0.0.7", 19092)]
+    for bad in ["not a host", "host", "host:0", "host:70000", "k1:9093,", ":9092", "h:p"]:
+        with pytest.raises(ConfigError, match="is not host:port"):
+            parse_bootstrap(bad)
+    monkeypatch.setenv("C360_KAFKA_BOOTSTRAP", "not a host")
+    with pytest.raises(ConfigError, match="C360_KAFKA_BOOTSTRAP='not a host' is not host:port"):
+        Settings.from_env()
+    with pytest.raises(ConfigError, match="--bootstrap='x' is not host:port"):
+        Settings().with_bootstrap("x", "--bootstrap")
+
+
+def test_security_and_topic_settings_are_checked(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("C360_KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
+    monkeypatch.setenv("C360_KAFKA_SASL_MECHANISM", "scram-sha-512")
+    monkeypatch.setenv("C360_KAFKA_SASL_USERNAME", "svc")
+    s = Settings.from_env()  # normalised to what both clients accept
+    assert (s.security.protocol, s.security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    cases = {
+        ("C360_KAFKA_SECURITY_PROTOCOL", "TLS"): "is not one of PLAINTEXT, SSL",
+        ("C360_KAFKA_SASL_MECHANISM", "MD5"): "is not one of PLAIN, SCRAM-SHA-256",
+        ("C360_KAFKA_SASL_USERNAME", ""): "needs C360_KAFKA_SASL_USERNAME",
+        ("C360_KAFKA_SSL_CAFILE", str(tmp_path / "none.pem")): "none.pem': no such file",
+        ("C360_TOPIC_PREFIX", "shop orders."): "is not a Kafka topic name",
+        ("C360_BROKER_PORT", "65536"): "C360_BROKER_PORT=65536 must be at most 65535",
+    }
+    for (name, value), says in cases.items():
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ConfigError, match=says):
+                Settings.from_env()
+    monkeypatch.setenv("C360_KAFKA_SECURITY_PROTOCOL", "SSL")
+    with pytest.raises(ConfigError, match="set C360_KAFKA_SECURITY_PROTOCOL to SASL_SSL"):
+        Settings.from_env()
