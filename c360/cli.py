@@ -377,46 +377,74 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+DESCRIPTION = """\
+c360: a real-time Customer 360 on Kafka and Bytewax.
+
+A first run (two terminals; `c360 demo` does all of it in one):
+  c360 broker                                 # prints export C360_KAFKA_BOOTSTRAP=...
+  c360 replay olist                           # or: c360 simulate --events 100000 --rate 0
+  c360 run --until-idle 3 --export customers.parquet
+
+Every argument and C360_* setting is checked before any work starts, and the Kafka
+cluster must answer within 5 s; whatever is wrong is one line on stderr, exit code 2.
+"""
+
+EPILOG = "`c360 COMMAND --help` describes a command; the README lists the C360_* settings."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="c360", description=__doc__,
+    p = _Parser(prog="c360", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log at INFO level, with the Kafka clients' logs and tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("broker", help="run the embedded Kafka broker (Tansu)")
+    b = sub.add_parser("broker", help="run the embedded Kafka broker (Tansu)",
+                       description="Run the embedded, memory-only Kafka broker (Tansu) with "
+                                   "c360's topics until Ctrl-C; prints the address to export.")
     b.add_argument("--port", type=_PORT, default=0,
                    help="listen port (default: C360_BROKER_PORT, else a free one)")
-    b.add_argument("--partitions", type=_whole(1), default=None,
+    b.add_argument("--partitions", type=_whole(1), default=None, metavar="N",
                    help="partitions per stream topic (default: C360_PARTITIONS, else 2)")
     b.set_defaults(func=_cmd_broker)
 
-    s = sub.add_parser("simulate", help="produce every stream as a simulated retailer")
-    s.add_argument("--customers", type=_whole(1), default=1000)
+    s = sub.add_parser("simulate", help="produce every stream as a simulated retailer",
+                       description="Produce every stream of a simulated retailer to Kafka, "
+                                   "deterministic under --seed.")
+    s.add_argument("--customers", type=_whole(1), default=1000, metavar="N",
+                   help="customers in the simulated shop (default 1000)")
     s.add_argument("--rate", type=_seconds(zero=True), default=1000.0,
                    help="events per second (0: flat out)")
     stop = s.add_mutually_exclusive_group()
     stop.add_argument("--duration", type=_seconds(zero=False), default=None,
                       help="seconds to run")
-    stop.add_argument("--events", type=_whole(1), default=None, help="events to produce")
-    s.add_argument("--seed", type=_whole(-(2**63)), default=42)
-    s.add_argument("--bootstrap", type=_bootstrap, default=None,
+    stop.add_argument("--events", type=_whole(1), default=None, metavar="N",
+                      help="events to produce")
+    s.add_argument("--seed", type=_whole(-(2**63)), default=42, metavar="K",
+                   help="random seed (default 42)")
+    s.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_simulate)
 
-    r = sub.add_parser("replay", help="replay a real dataset as events")
-    r.add_argument("dataset", choices=["olist"])
-    r.add_argument("--data", default=None,
+    r = sub.add_parser("replay", help="replay a real dataset as events",
+                       description="Replay the Olist e-commerce dataset (Kaggle's CSV files, "
+                                   "plain or gzipped) to Kafka as events, in event-time order.")
+    r.add_argument("dataset", choices=["olist"], help="the dataset (olist)")
+    r.add_argument("--data", default=None, metavar="DIR",
                    help="data directory (default: C360_OLIST_DIR, else ../shared/data/olist)")
     r.add_argument("--speed", type=_seconds(zero=True), default=0.0,
                    help="event-time seconds per wall second (0: as fast as possible)")
-    r.add_argument("--bootstrap", type=_bootstrap, default=None,
+    r.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_replay)
 
-    u = sub.add_parser("run", help="run the dataflow (until the topics are idle), then export")
+    u = sub.add_parser("run", help="run the dataflow (until the topics are idle), then export",
+                       description="Run the customer-360 dataflow on every stream topic from "
+                                   "the beginning: live until killed, or with --until-idle "
+                                   "until the topics are quiet, then print (and --export) "
+                                   "one row per customer.")
     u.add_argument("--until-idle", type=_seconds(zero=False), default=None, metavar="SECONDS",
                    help="stop when every topic was idle this long (default: run until killed)")
     u.add_argument("--recovery-dir", default=None, metavar="DIR",
@@ -432,21 +460,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "timing, so runs are then comparable entity for entity)")
     u.add_argument("--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
                    help="every dataflow process of a cluster (bytewax -a)")
-    u.add_argument("--process-id", type=_whole(0), default=0,
+    u.add_argument("--process-id", type=_whole(0), default=0, metavar="I",
                    help="this process's index in --addresses (-i)")
     u.add_argument("--export", default=None, metavar="PATH",
                    help="one row per customer at the end: .parquet, .csv or .jsonl")
-    u.add_argument("--workers", type=_whole(1), default=1, help="worker threads (default 1)")
-    u.add_argument("--bootstrap", type=_bootstrap, default=None,
+    u.add_argument("--workers", type=_whole(1), default=1, metavar="N",
+                   help="worker threads (default 1)")
+    u.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
     u.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
                    help="progress on stderr: auto (default) redraws a line every second on a "
                         "terminal, else prints one every 10 s for --until-idle runs")
     u.set_defaults(func=_cmd_run)
 
-    d = sub.add_parser("demo", help="broker + simulator + dataflow + live page, until Ctrl-C")
+    d = sub.add_parser("demo", help="broker + simulator + dataflow + live page, until Ctrl-C",
+                       description="Everything at once until Ctrl-C: the embedded broker (or "
+                                   "C360_KAFKA_BOOTSTRAP's cluster), a simulated shop, the "
+                                   "dataflow, the live page, the dashboard and the sync server.")
     d.add_argument("--port", type=_PORT, default=5006, help="web port (0: a free one)")
-    d.add_argument("--customers", type=_whole(1), default=500)
+    d.add_argument("--customers", type=_whole(1), default=500, metavar="N",
+                   help="customers in the simulated shop (default 500)")
     d.add_argument("--rate", type=_seconds(zero=False), default=200.0,
                    help="simulated events per second")
     d.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -454,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the sync WebSocket server (default: a free one)")
     d.set_defaults(func=_cmd_demo)
 
-    bn = sub.add_parser("bench", help="benchmarks: ratios to the Python limit, peers, latency")
+    bn = sub.add_parser("bench", help="benchmarks: ratios to the Python limit, peers, latency",
+                        description="Benchmarks in one run: ratios to a bare Python Kafka "
+                                    "loop, peers, streams, latency, memory and fan-out.")
     bn.add_argument("--quick", action="store_true", help="every section at small scale")
     bn.add_argument("--out", default="bench.json", metavar="PATH.json",
                     help="the JSON result (default bench.json)")
