@@ -1,22 +1,48 @@
-"""The Olist replay: events from the real files, and the acceptance test that the live
-dataflow gives every customer the same numbers as a pandas batch computation."""
+"""The Olist replay: events from the real files, and the acceptance tests that the live
+dataflow gives every customer, and every global window, the same values as a pandas batch
+computation over the CSVs (c360.olist.batch_customers / batch_windows), with 1 and 2
+workers, the default settings (1 h lateness, sweep on) and the real embedded broker.
+
+One replay is shared by the module's runs (CI time: a replay costs ~30 s)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pandas as pd
 import pytest
 
-from c360 import cli
+from c360 import cli, windows
 from c360 import events as ev
+from c360.broker import EmbeddedBroker
 from c360.config import REPO_ROOT, Settings
+from c360.delta import Delta
 from c360.errors import DataError
-from c360.olist import OlistData, batch_metrics, events, load, replay
+from c360.olist import (
+    ORACLE_COLUMNS,
+    PLAIN_COLUMNS,
+    OlistData,
+    ReplayReport,
+    batch_customers,
+    batch_metrics,
+    batch_windows,
+    compare_customers,
+    compare_windows,
+    end_of_data,
+    events,
+    load,
+    replay,
+)
+from c360.pipeline import Pipeline
+from c360.store import EntityStore
 
 OLIST = Settings.from_env().olist_dir
 METRICS = ["order_count", "total_spent", "items_bought", "avg_review_score", "last_order_at"]
@@ -114,8 +140,24 @@ def test_mapping_of_olist_rows(data: OlistData, replayed: list[tuple[str, str, e
     assert products[some["product_id"]] == english[some["product_category_name"]]
 
 
-def _subset(tmp: Path, orders: int = 25) -> Path:
-    """A small Olist directory: the first ``orders`` orders with all their rows."""
+def test_order_lines_carry_the_products_category(
+        data: OlistData, replayed: list[tuple[str, str, ev.Event]]) -> None:
+    """Category affinity and the global top categories need it (they were always empty)."""
+    product_category = {e.product_id: e.category for s, _, e in replayed if s == "products"}
+    lines = [line for s, _, e in replayed if s == "orders" for line in e.lines]
+    assert len(lines) == len(data.items) == 30_263
+    assert all(line.category == product_category[line.product_id] for line in lines)
+    # 460 item rows are of the 610 products Olist left without a category.
+    assert sum(1 for line in lines if not line.category) == 460
+    assert len({line.category for line in lines}) > 60
+    assert all(line.brand == "" for line in lines)  # Olist has no brand (see c360.olist)
+    # Untranslated categories keep Olist's own name rather than vanishing.
+    assert "pc_gamer" in product_category.values()
+
+
+def _subset(tmp: Path, orders: int = 25, kaggle: bool = False) -> Path:
+    """A small Olist directory: the first ``orders`` orders with all their rows. With
+    ``kaggle``, laid out as the public download: plain .csv files, all at the top level."""
     picked = pd.read_csv(OLIST / "olist_orders_dataset.csv.gz", dtype=str).head(orders)
     ids = set(picked["order_id"])
     (tmp / "partial").mkdir(parents=True)
@@ -131,9 +173,34 @@ def _subset(tmp: Path, orders: int = 25) -> Path:
         elif name == "olist_products_dataset":
             items = pd.read_csv(OLIST / "olist_order_items_dataset.csv.gz", dtype=str)
             df = df[df["product_id"].isin(items.loc[items["order_id"].isin(ids), "product_id"])]
-        df.to_csv(tmp / f"{name}.csv.gz", index=False, compression="gzip")
-    picked.to_csv(tmp / "olist_orders_dataset.csv.gz", index=False, compression="gzip")
+        if kaggle:
+            df.to_csv(tmp / f"{name.removeprefix('partial/')}.csv", index=False)
+        else:
+            df.to_csv(tmp / f"{name}.csv.gz", index=False, compression="gzip")
+    if kaggle:
+        (tmp / "partial").rmdir()
+        picked.to_csv(tmp / "olist_orders_dataset.csv", index=False)
+    else:
+        picked.to_csv(tmp / "olist_orders_dataset.csv.gz", index=False, compression="gzip")
     return tmp
+
+
+def test_the_public_download_of_plain_csv_files_is_read(tmp_path: Path) -> None:
+    """The Kaggle download unzipped (plain .csv, geolocation at the top level) gives the
+    same events as the gzipped layout shipped here (issue 14: plain .csv was refused)."""
+    plain = _subset(tmp_path / "kaggle", orders=40, kaggle=True)
+    gzipped = _subset(tmp_path / "shipped", orders=40)
+    assert not list(plain.rglob("*.gz")) and (plain / "olist_geolocation_dataset.csv").is_file()
+    from_plain, from_gzip = list(events(load(plain))), list(events(load(gzipped)))
+    assert Counter(s for s, _, _ in from_plain)["orders"] == 40
+    assert from_plain == from_gzip
+    assert batch_metrics(plain).equals(batch_metrics(gzipped))
+
+    (plain / "olist_order_reviews_dataset.csv").unlink()
+    with pytest.raises(DataError, match=r"Olist file missing: .*olist_order_reviews_dataset"
+                                        r".*expected olist_order_reviews_dataset.csv or "
+                                        r"olist_order_reviews_dataset.csv.gz"):
+        load(plain)
 
 
 def test_replay_paces_itself_by_event_time(settings: Settings, tmp_path: Path) -> None:
@@ -167,24 +234,60 @@ def test_missing_data_is_a_clear_error(settings: Settings, tmp_path: Path,
     assert str(nowhere) in err
 
 
-def test_replayed_olist_through_kafka_equals_the_pandas_batch(settings: Settings,
-                                                              tmp_path: Path) -> None:
-    """THE acceptance test: the real files, the real broker, the real dataflow (the CLI)."""
-    report = replay(settings, progress=False)
-    assert report.events > 150_000 and report.counts["orders"] == 27_288
+@pytest.fixture(scope="module")
+def olist_topics(broker: EmbeddedBroker) -> tuple[Settings, ReplayReport]:
+    """The whole Olist replay, once, on topics of this module's own."""
+    s = Settings(bootstrap=broker.bootstrap, topic_prefix=f"olist{uuid.uuid4().hex[:6]}.",
+                 partitions=2)
+    report = replay(s, progress=False)
     print(f"\n{report}")
+    return s, report
 
-    out = tmp_path / "out.parquet"
+
+def _rows(path: Path) -> dict[str, dict[str, Any]]:
+    rows = (msgspec.json.decode(line) for line in path.read_bytes().splitlines())
+    return {r["customer_id"]: r for r in rows}
+
+
+def _differing(diff: dict[str, list[str]], live: dict[str, dict[str, Any]],
+               batch: dict[str, dict[str, Any]]) -> str:
+    """The columns that differ: how many customers, and one of them."""
+    out = []
+    for column, ids in diff.items():
+        if ids:
+            cid = ids[0]
+            want = msgspec.json.decode(msgspec.json.encode(batch.get(cid, {}).get(column)))
+            out.append(f"{column}: {len(ids)} customers, e.g. {cid}: live "
+                       f"{live.get(cid, {}).get(column)!r} != pandas {want!r}")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def oracle() -> dict[str, dict[str, Any]]:
+    return batch_customers(end_of_data(OLIST))
+
+
+def test_replayed_olist_through_kafka_equals_the_pandas_batch(
+        olist_topics: tuple[Settings, ReplayReport], oracle: dict[str, dict[str, Any]],
+        tmp_path: Path) -> None:
+    """THE acceptance test: the real files, the real broker, the real dataflow (the CLI,
+    default settings); every per-customer column as of the end of the data."""
+    settings, report = olist_topics
+    assert report.events > 150_000 and report.counts["orders"] == 27_288
+
+    out = tmp_path / "out.jsonl"
     env = {**os.environ, "C360_TOPIC_PREFIX": settings.topic_prefix}
-    env.pop("C360_KAFKA_BOOTSTRAP", None)
+    for name in ("C360_KAFKA_BOOTSTRAP", "C360_ALLOWED_LATENESS_S"):
+        env.pop(name, None)
     run = subprocess.run(
         [sys.executable, "-m", "c360", "run", "--until-idle", "3", "--export", str(out),
          "--bootstrap", settings.bootstrap],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "26924 customers, 32951 products" in run.stdout, run.stdout
 
-    live = pd.read_parquet(out).set_index("customer_id")
+    rows = _rows(out)
+    live = pd.DataFrame.from_dict(rows, orient="index")
     batch = batch_metrics(OLIST)
     assert set(live.index) == set(batch.index)
     assert len(batch) == 26_924
@@ -197,11 +300,12 @@ def test_replayed_olist_through_kafka_equals_the_pandas_batch(settings: Settings
     assert (live["order_count"].astype("int64") == batch["order_count"]).all()
     assert (live["items_bought"].astype("int64") == batch["items_bought"]).all()
 
-    spent = live["total_spent"].fillna(0.0)
+    spent = live["total_spent"].astype("float64").fillna(0.0)
     off = (spent - batch["total_spent"]).abs() > 0.005
     assert not off.any(), pd.DataFrame({"live": spent[off], "batch": batch["total_spent"][off]})
 
-    live_avg, batch_avg = live["avg_review_score"], batch["avg_review_score"]
+    live_avg = live["avg_review_score"].astype("float64")
+    batch_avg = batch["avg_review_score"]
     assert (live_avg.isna() == batch_avg.isna()).all()
     assert batch_avg.isna().sum() > 0  # the case is exercised
     both = batch_avg.notna()
@@ -210,3 +314,79 @@ def test_replayed_olist_through_kafka_equals_the_pandas_batch(settings: Settings
     last = pd.to_datetime(live["last_order_at"]).dt.tz_convert("UTC").dt.tz_localize(None)
     assert (last.to_numpy() == batch["last_order_at"].to_numpy()).all()
 
+    # Every column, plain and windowed, segments and churn included, as of the end of the data.
+    diff = compare_customers(rows, oracle)
+    assert not any(diff.values()), _differing(diff, rows, oracle)
+
+
+class RecordingStore(EntityStore):
+    """The store, also keeping every delta of the global entities (one per closed window):
+    the store itself keeps only the latest 60 minutes of each series."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_deltas: list[Delta] = []
+
+    def apply(self, deltas: Any) -> None:
+        deltas = list(deltas)
+        self.global_deltas.extend(d for d in deltas
+                                  if isinstance(d, Delta) and d.kind == "global")
+        super().apply(deltas)
+
+
+@dataclass
+class Run:
+    rows: dict[str, dict[str, Any]]
+    global_deltas: list[Delta]
+    as_of: Any
+
+
+@pytest.fixture(scope="module")
+def runs(olist_topics: tuple[Settings, ReplayReport], tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[int, Run]:
+    """The replay run to its end in this process with 1 and 2 workers (default settings)."""
+    settings, _ = olist_topics
+    out: dict[int, Run] = {}
+    for workers in (1, 2):
+        store = RecordingStore()
+        pipeline = Pipeline(settings, store, workers=workers, idle_timeout=3)
+        pipeline.run()
+        path = store.export(tmp_path_factory.mktemp(f"w{workers}") / "customers.jsonl")
+        out[workers] = Run(_rows(path), store.global_deltas, getattr(pipeline, "as_of", None))
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_customer_column_equals_pandas(runs: dict[int, Run], workers: int,
+                                            oracle: dict[str, dict[str, Any]]) -> None:
+    run = runs[workers]
+    assert run.as_of == end_of_data(OLIST)  # the run says which event time it is as of
+    diff = compare_customers(run.rows, oracle)
+    # The plain columns first: if they differ, the windowed ones are no evidence.
+    plain = {c: diff[c] for c in ("(customers)", *PLAIN_COLUMNS)}
+    assert not any(plain.values()), _differing(plain, run.rows, oracle)
+    assert not any(diff.values()), _differing(diff, run.rows, oracle)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_global_window_equals_pandas(runs: dict[int, Run], workers: int) -> None:
+    report = compare_windows(runs[workers].global_deltas, batch_windows(OLIST))
+    assert report["global:events_per_minute"]["expected"] == 45_989  # every minute with data
+    wrong = {e: r for e, r in report.items()
+             if r["missing"] or r["extra"] or r["twice"] or r["differing"]}
+    assert not wrong, "\n".join(f"{e}: {r}" for e, r in wrong.items())
+
+
+def test_oracle_restates_the_declared_windows() -> None:
+    """The oracle restates the windows of relevance (it must not call them); if a
+    declaration changes, this says the oracle needs the same change."""
+    declared = {w.field: w.days for w in windows.WINDOWED}
+    assert declared == {"spend_1d": 1, "spend_7d": 7, "spend_30d": 30, "orders_1d": 1,
+                        "orders_7d": 7, "orders_30d": 30, "orders_90d": 90, "returns_90d": 90}
+    assert windows.EVICTED.after.days == 90 and windows.ROLLED_UP.daily_days == 90
+    assert windows.ROLLED_UP.months == 24
+    decayed = {d.field: (d.half_life.days, d.keep) for d in windows.DECAYED}
+    assert decayed["category_affinity"] == (14, 12)
+    recent = {r.field: (r.limit, r.max_age.days) for r in windows.RECENT}
+    assert recent["recent_orders"] == (10, 90) and recent["recent_locations"] == (10, 30)
+    assert set(ORACLE_COLUMNS) >= {"spend_30d", "segments", "churn_risk", "last_payment"}
