@@ -54,6 +54,11 @@ def say(message: str) -> None:
     print(f"c360 demo: {message}", flush=True)
 
 
+def complain(message: str) -> None:
+    # Errors and warnings on stderr, where shells, CI logs and `2>` expect them.
+    print(f"c360 demo: {message}", file=sys.stderr, flush=True)
+
+
 class _SimulatorThread(threading.Thread):
     """Runs the simulator until ``stop`` is set; keeps its exception for the main thread."""
 
@@ -188,21 +193,21 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
 
         while not stop.wait(0.25):
             if simulator.error is not None:
-                say(f"error: the simulator stopped: {simulator.error}")
+                complain(f"error: the simulator stopped: {simulator.error}")
                 code = 1
                 break
             if not pipeline.alive():
-                say(f"error: {live.problem() or 'the dataflow stopped'}")
+                complain(f"error: {live.problem() or 'the dataflow stopped'}")
                 code = 1
                 break
             if broker is not None and not broker.alive():
-                say("error: the embedded broker exited")
+                complain("error: the embedded broker exited")
                 code = 1
                 break
     except KeyboardInterrupt:  # a second Ctrl-C during start-up
         pass
     except C360Error as exc:
-        say(f"error: {exc}")
+        complain(f"error: {exc}")
         code = 2
     finally:
         stop.set()
@@ -229,13 +234,13 @@ def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, ser
         if simulator is not None:
             simulator.join(STOP_TIMEOUT)
             if simulator.is_alive():
-                say("warning: the simulator did not stop in time")
+                complain("warning: the simulator did not stop in time")
                 code = 1
         if pipeline is not None:
             try:
                 pipeline.stop(STOP_TIMEOUT)
             except C360Error as exc:
-                say(f"warning: {exc}")
+                complain(f"warning: {exc}")
                 code = 1
             finally:
                 live.reset()
@@ -247,6 +252,6 @@ def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, ser
         if broker is not None:
             broker.stop()
             if broker.alive():
-                say(f"warning: the broker (pid {broker.pid}) did not stop")
+                complain(f"warning: the broker (pid {broker.pid}) did not stop")
                 code = 1
     return code

@@ -157,3 +157,18 @@ def test_a_bad_invocation_is_one_line_and_exit_2(name: str, places: dict[str, st
     assert case.says.format(**places) in lines[0], lines[0]
     assert done.stdout == "", done.stdout  # nothing started: no broker, no run, no summary
     assert took < LIMIT, f"{took:.1f}s"
+
+
+def test_a_demo_error_goes_to_stderr(places: dict[str, str]) -> None:
+    """An error inside the demo itself (not the CLI's checks) is one line on stderr too;
+    stdout keeps only the demo's own lines ("stopping...", "stopped")."""
+    code = ("import sys; from c360.demo import run_demo; "
+            f"sys.exit(run_demo(port={places['busy']}, show=False))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("C360_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"c360 demo: error: port {places['busy']} is in use: pass --port 0 (any free port) "
+        "or another port"], done.stderr
+    assert "error" not in done.stdout, done.stdout
