@@ -30,15 +30,27 @@ from c360.store import EntityStore
 from c360.sync.auth import Scope
 from c360.sync.local import LocalReplica
 from dashboards.access import redact
-from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading, format_value
+from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading
 from dashboards.tables import PatchedTable
+from dashboards.text import (
+    CURRENCY,
+    Names,
+    coordinates,
+    lines,
+    money,
+    named,
+    place,
+    readable,
+    title,
+    when,
+)
 
 PERIOD_MS = 100  # at most ten redraws per second per view
 STOCK_EVERY_S = 1.0  # how often the wishlist's stock is looked up between customer changes
 STRETCH = "stretch_width"
-KPIS = {"lifetime_value": ("Lifetime value", "{value:,.2f}"),
-        "spend_30d": ("Spend, 30 days", "{value:,.2f}"),
-        "spend_7d": ("Spend, 7 days", "{value:,.2f}"),
+KPIS = {"lifetime_value": ("Lifetime value", CURRENCY + " {value:,.2f}"),
+        "spend_30d": ("Spend, 30 days", CURRENCY + " {value:,.2f}"),
+        "spend_7d": ("Spend, 7 days", CURRENCY + " {value:,.2f}"),
         "orders_30d": ("Orders, 30 days", "{value:,}"),
         "loyalty_points": ("Loyalty points", "{value:,}"),
         "churn_risk": ("Churn risk", "{value:.2f}")}
@@ -50,6 +62,22 @@ PROFILE = ("email", "phone", "gender", "birthdate", "address", "demographics",
 CARD_FIELDS = ("name", "loyalty_tier", "segments", "version", "last_seen")
 OFFER_FIELDS = ("churn_risk", "decisions", "offers_sent")
 CHANNELS = ["email", "phone", "sms", "in store"]
+UTC = "(UTC)"
+# Table columns: (key, title). Keys are stable (tests and CSS use them), titles are read.
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "orders": [("order_id", "Order"), ("date", f"Placed {UTC}"), ("status", "Status"),
+               ("total", "Total"), ("lines", "Items")],
+    "wishlist": [("product", "Product"), ("stock", "In stock"), ("status", "Availability")],
+    "returns": [("order_id", "Order"), ("product", "Product"), ("reason", "Reason"),
+                ("status", "Status"), ("at", f"Requested {UTC}")],
+    "searches": [("query", "Search"), ("results", "Results"), ("at", f"Time {UTC}")],
+    "views": [("product", "Product"), ("at", f"Time {UTC}")],
+    "locations": [("place", "Place"), ("coordinates", "Coordinates"), ("at", f"Time {UTC}")],
+    "notes": [("text", "Note"), ("by", "By"), ("at", f"Time {UTC}")],
+    "fields": [("field", "Field"), ("value", "Value")],
+}
+HEIGHTS = {"orders": 250, "wishlist": 160, "returns": 160, "searches": 200, "views": 200,
+           "locations": 200, "notes": 160, "fields": 400}
 
 CSS = f"""
 .c360-c360 {{ font-family: system-ui, sans-serif; color: #0f172a; }}
@@ -77,22 +105,40 @@ def replica_for(store: EntityStore, settings: Settings | None) -> LocalReplica:
         return r
 
 
-def next_best_offer(entity: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The newest offer decision (decisions are kept newest first)."""
-    for d in entity.get("decisions") or ():
-        if "offer" in str(d.get("action", "")):
+Stock = Callable[[Mapping[str, Any]], "int | None"]  # an offer's units left (None: no item)
+
+
+def _offers(entity: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in entity.get("decisions") or () if "offer" in str(d.get("action", ""))]
+
+
+def next_best_offer(entity: Mapping[str, Any], stock: Stock | None = None
+                    ) -> dict[str, Any] | None:
+    """The newest offer decision (decisions are kept newest first) whose item, if it has
+    one, is in stock: an offer for an item sold out since is withdrawn."""
+    for d in _offers(entity):
+        left = None if stock is None else stock(d)
+        if left is None or left > 0:
             return d
     return None
 
 
-def _dl(entity: Mapping[str, Any], fields: tuple[str, ...], changed: set[str]) -> str:
+def offer_item(decision: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(store id or None, product id) an offer is about, from its key: ``prod-1`` (wishlist,
+    rain gear) or ``store-x:prod-1`` (pick up in that store); ("", "") for none."""
+    store, _, product = str(decision.get("key") or "").rpartition(":")
+    return (store or None), product
+
+
+def _dl(entity: Mapping[str, Any], fields: tuple[str, ...], changed: set[str],
+        names: Names = str) -> str:
     rows = []
     for f in fields:
         if f not in entity:
             continue
         cls = ' class="c360-flash"' if f in changed else ""
-        rows.append(f'<dt>{html.escape(f)}</dt><dd data-field="{html.escape(f)}"{cls}>'
-                    f"{html.escape(format_value(entity[f]))}</dd>")
+        rows.append(f'<dt>{html.escape(title(f))}</dt><dd data-field="{html.escape(f)}"{cls}>'
+                    f"{html.escape(readable(f, entity[f], names))}</dd>")
     return '<div class="c360-c360"><dl>' + "".join(rows) + "</dl></div>"
 
 
@@ -107,40 +153,53 @@ def card_html(entity: Mapping[str, Any], changed: set[str]) -> str:
             f'{esc(str(entity.get("name", "")))}</span>{badges}</div>'
             f'<div>id <code class="c360-id">{esc(entity["id"])}</code> · version '
             f'<b class="c360-v" id="c360-v">{entity["version"]}</b> · last seen '
-            f'<span{flash["last_seen"]}>{esc(format_value(entity.get("last_seen")))}</span>'
+            f'<span{flash["last_seen"]}>{esc(when(entity.get("last_seen")))}</span>'
             "</div></div>")
 
 
-def offer_html(entity: Mapping[str, Any], changed: set[str]) -> str:
+def offer_html(entity: Mapping[str, Any], changed: set[str], stock: Stock | None = None,
+               names: Names = str) -> str:
     esc = html.escape
     risk = entity.get("churn_risk")
     churn = [d for d in entity.get("decisions") or () if d.get("rule") == "churn_risk"]
-    why = (f"{esc(churn[0]['reason'])} (fields: {esc(', '.join(churn[0]['fields']))})"
+    why = (f"{esc(churn[0]['reason'])} (fields: "
+           f"{esc(', '.join(title(f).lower() for f in churn[0]['fields']))})"
            if churn else "inputs: last order, orders in 30 days, social sentiment")
     flash = ' class="c360-flash"' if "churn_risk" in changed else ""
     parts = [f'<div class="c360-c360"><p><b>Churn risk</b> <span{flash} class="c360-churn">'
              f"{'' if risk is None else f'{risk:.2f}'}</span> — {why}</p>"]
-    offer = next_best_offer(entity)
+    offer = next_best_offer(entity, stock)
     flash = ' class="c360-flash"' if "decisions" in changed else ""
     if offer:
         parts.append(f'<p><b>Next-best offer</b> <span{flash} class="c360-offer">'
-                     f"<code>{esc(offer['action'])}</code></span>: {esc(offer['reason'])}"
-                     f"<br><small>because of {esc(', '.join(offer.get('fields', [])))}"
+                     f"<code>{esc(offer['action'])}</code></span>: "
+                     f"{esc(named(str(offer['reason']), names))} ({esc(when(offer.get('at')))})"
+                     f"<br><small>because of "
+                     f"{esc(', '.join(title(f).lower() for f in offer.get('fields', [])))}"
                      "</small></p>")
     else:
-        parts.append("<p><b>Next-best offer</b> <i>none yet</i></p>")
+        parts.append('<p><b>Next-best offer</b> <i class="c360-offer-none">none</i></p>')
+    newest = next(iter(_offers(entity)), None)
+    if newest is not None and newest is not offer:  # the newest was withdrawn: say why
+        _, product = offer_item(newest)
+        parts.append(f'<p class="c360-offer-withdrawn"><small>Withdrawn: '
+                     f"<code>{esc(newest['action'])}</code> — {esc(names(product))} is out "
+                     "of stock</small></p>")
     sent = entity.get("offers_sent") or ()
     if sent:
         flash = ' class="c360-flash"' if "offers_sent" in changed else ""
         parts.append(f'<p><span{flash} class="c360-offers-sent">{len(sent)} offer(s) sent'
                      f", last <code>{esc(sent[0]['action'])}</code> by "
-                     f"{esc(str(sent[0]['by']))}</span></p>")
+                     f"{esc(str(sent[0]['by']))} ({esc(when(sent[0].get('at')))})</span></p>")
     return "".join(parts) + "</div>"
 
 
-def _rows(items: Any, keys: tuple[str, ...]) -> list[tuple[str, ...]]:
-    return [tuple(format_value(i.get(k)) for k in keys) for i in items or () if
-            isinstance(i, Mapping)]
+def _items(items: Any) -> list[Mapping[str, Any]]:
+    return [i for i in items or () if isinstance(i, Mapping)]
+
+
+def _at(t: Any) -> str:
+    return when(t, zone=False)
 
 
 class CustomerView(pn.viewable.Viewer):
@@ -155,6 +214,9 @@ class CustomerView(pn.viewable.Viewer):
         self._version = -1
         self._shown: dict[str, Any] = {}
         self._stock_checked = 0.0
+        self._names: dict[str, str] = {}  # product id -> name (names do not change)
+        self._offer_shown = ""
+        self._sentiment_at: pd.Timestamp | None = None
         self.picker = pn.widgets.TextInput(label="Customer id", placeholder="cust-00042",
                                            css_classes=["c360-customer-id"], width=220)
         self.picker.param.watch(lambda e: self.open(e.new), "value")
@@ -170,27 +232,23 @@ class CustomerView(pn.viewable.Viewer):
         self.offer = pn.pane.HTML("", stylesheets=[CSS], css_classes=["c360-offer-box"],
                                   sizing_mode=STRETCH)
         self.tables = {
-            "orders": PatchedTable(["order_id", "date", "status", "total", "lines"],
-                                   height=250, css_class="c360-orders"),
-            "wishlist": PatchedTable(["product", "name", "in stock", "status"], height=160,
-                                     css_class="c360-wishlist"),
-            "returns": PatchedTable(["order_id", "product_id", "reason", "status", "at"],
-                                    height=160, css_class="c360-returns"),
-            "searches": PatchedTable(["query", "results", "at"], height=200,
-                                     css_class="c360-searches"),
-            "views": PatchedTable(["product_id", "at"], height=200, css_class="c360-views"),
-            "locations": PatchedTable(["city", "latitude", "longitude", "at"], height=200,
-                                      css_class="c360-locations"),
-            "notes": PatchedTable(["text", "by", "at"], height=160, css_class="c360-notes"),
-            "fields": PatchedTable(["field", "value"], height=400, css_class="c360-fields"),
-        }
+            name: PatchedTable([k for k, _ in cols], titles=dict(cols), height=HEIGHTS[name],
+                               css_class=f"c360-{name}")
+            for name, cols in COLUMNS.items()}
         self.sentiment = hv.streams.Buffer(
             pd.DataFrame({"time": pd.Series(dtype="datetime64[ns]"),
                           "sentiment": pd.Series(dtype="float64")}), length=200, index=False)
         ticks = _clock_ticks()
-        trend = hv.DynamicMap(lambda data: hv.Curve(data, "time", "sentiment").opts(
-            color=ACCENT, responsive=True, height=160, xformatter=ticks, ylim=(-1, 1),
-            xlabel="", show_grid=True), streams=[self.sentiment])
+
+        def trend(data: pd.DataFrame) -> hv.Overlay:
+            # Points too: the chart starts with one (the current value), which a line alone
+            # would not draw. The time is the event time of the post that moved it.
+            return (hv.Curve(data, "time", "sentiment").opts(color=ACCENT)
+                    * hv.Scatter(data, "time", "sentiment").opts(color=ACCENT, size=5)).opts(
+                responsive=True, height=160, xformatter=ticks, ylim=(-1, 1), xlabel="",
+                ylabel="sentiment", show_grid=True)
+
+        trend_map = hv.DynamicMap(trend, streams=[self.sentiment])
         self.result = pn.pane.Alert("", alert_type="light", visible=False,
                                     css_classes=["c360-command-result"], sizing_mode=STRETCH)
         self._layout = pn.Column(
@@ -209,7 +267,7 @@ class CustomerView(pn.viewable.Viewer):
                    self._box("Recent views", self.tables["views"].widget),
                    self._box("Location track", self.tables["locations"].widget),
                    sizing_mode=STRETCH),
-            pn.Row(self._box("Social sentiment", pn.pane.HoloViews(trend, height=170,
+            pn.Row(self._box("Social sentiment", pn.pane.HoloViews(trend_map, height=170,
                                                                    sizing_mode=STRETCH)),
                    self._box("Notes", self.tables["notes"].widget), sizing_mode=STRETCH),
             pn.Card(self.tables["fields"].widget, title="All fields", collapsed=True,
@@ -268,9 +326,10 @@ class CustomerView(pn.viewable.Viewer):
             return {"text": self.note.value_input or self.note.value}
         if name == "mark_contacted":
             return {"channel": self.channel.value}
-        offer = next_best_offer(self.store.get(self.customer_id or "") or {})
+        offer = next_best_offer(self.store.get(self.customer_id or "") or {}, self._stock)
         if offer is None:
-            raise CommandError("this customer has no next-best offer to send")
+            raise CommandError("this customer has no next-best offer to send (an offer for "
+                               "an item out of stock is withdrawn)")
         return {"action": offer["action"], "reason": offer["reason"]}
 
     async def _run_command(self, name: str) -> None:
@@ -297,6 +356,29 @@ class CustomerView(pn.viewable.Viewer):
         self.result.alert_type = kind
         self.result.visible = True
 
+    # -- products -------------------------------------------------------------------------
+    def name_of(self, product_id: str) -> str:
+        """The product's name (product entities have them), or its id when unknown."""
+        name = self._names.get(product_id)
+        if name is None:
+            name = (self.store.get(product_id) or {}).get("name")
+            if not name:
+                return product_id  # not in the store (yet): asked again next time
+            self._names[product_id] = name = str(name)
+        return name
+
+    def _stock(self, decision: Mapping[str, Any]) -> int | None:
+        """Units left of an offer's item: in its store for a pick-up, else in all; None
+        when the offer is about no product."""
+        store_id, product_id = offer_item(decision)
+        p = self.store.get(product_id) if product_id else None
+        if p is None or p.get("kind") != "product":
+            return None
+        if store_id:
+            return int((p.get("stock") or {}).get(store_id, 0))
+        stock = p.get("total_stock")
+        return None if stock is None else int(stock)
+
     # -- the customer ----------------------------------------------------------------------
     def open(self, customer_id: str | None) -> None:
         customer_id = (customer_id or "").strip() or None
@@ -305,9 +387,23 @@ class CustomerView(pn.viewable.Viewer):
         self.customer_id, self._version, self._shown = customer_id, -1, {}
         if self.picker.value != (customer_id or ""):
             self.picker.value = customer_id or ""
-        self.sentiment.clear()
         self.result.visible = False
+        if customer_id is None:
+            self._clear("<i>Pick a customer in the finder, or type an id.</i>")
         self.refresh()
+
+    def _clear(self, message: str) -> None:
+        """Show ``message`` and nothing of the customer shown before (their PII included)."""
+        self.card.object = message
+        for w in self.kpis.values():
+            if w.value != 0:
+                w.value = 0
+        self.profile.object = self.offer.object = self._offer_shown = ""
+        for t in self.tables.values():
+            t.update([])
+        self.sentiment.clear()
+        self._sentiment_at = None
+        self._shown = {}
 
     def refresh(self) -> bool:
         """Redraw what changed since the last look; False when nothing did."""
@@ -315,21 +411,23 @@ class CustomerView(pn.viewable.Viewer):
         if eid is None:
             return False
         raw = self.store.get(eid)
-        if raw is None or not self.scope.allows_entity(eid, raw):
+        if raw is None or raw.get("kind") != "customer" or not self.scope.allows_entity(eid, raw):
             if self._version != 0:
+                # The same words whether it does not exist or is outside the scope: the
+                # answer must not tell which.
                 self._version = 0
-                what = "is not in your scope" if raw is not None else "does not exist (yet)"
-                self.card.object = (f'<div class="c360-c360">Customer '
-                                    f"<code>{html.escape(eid)}</code> {what}.</div>")
+                self._clear(f'<div class="c360-c360 c360-unknown">No customer with id '
+                            f"<code>{html.escape(eid)}</code>.</div>")
             return False
         if raw["version"] == self._version:
-            # Stock lives in the product entities: the wishlist follows it without the
-            # customer changing (sent only when a row differs).
+            # Stock lives in the product entities: the wishlist and the offer follow it
+            # without the customer changing (sent only when something differs).
             now = time.monotonic()
             if now - self._stock_checked >= STOCK_EVERY_S:
                 self._stock_checked = now
                 self.tables["wishlist"].update(
                     [self._wish(pid) for pid in self._shown.get("wishlist") or ()])
+                self._show_offer(self._shown, set())
             return False
         entity = redact(raw, self.scope)
         old = self._shown
@@ -340,10 +438,16 @@ class CustomerView(pn.viewable.Viewer):
         self.redraws += 1
         return True
 
+    def _show_offer(self, entity: Mapping[str, Any], changed: set[str]) -> None:
+        text = offer_html(entity, changed, self._stock, self.name_of)
+        if text != self._offer_shown:
+            self._offer_shown = self.offer.object = text
+
     def _draw(self, e: dict[str, Any], changed: set[str], first: bool) -> None:
         def moved(*fields: str) -> bool:
             return first or any(f in changed for f in fields)
 
+        names = self.name_of
         self.card.object = card_html(e, changed)
         for f, w in self.kpis.items():
             v = e.get(f)
@@ -351,40 +455,59 @@ class CustomerView(pn.viewable.Viewer):
             if w.value != v:
                 w.value = v
         if moved(*PROFILE):
-            self.profile.object = _dl(e, PROFILE, changed)
+            self.profile.object = _dl(e, PROFILE, changed, names)
         if moved(*OFFER_FIELDS):
-            self.offer.object = offer_html(e, changed)
+            self._show_offer(e, changed)
         t = self.tables
         if moved("recent_orders"):
             t["orders"].update([
-                (o.get("order_id", ""), format_value(o.get("order_date")), o.get("status", ""),
-                 format_value(o.get("total_amount")),
-                 ", ".join(f"{ln.get('quantity', 1)}× {ln.get('product_id')}"
-                           for ln in o.get("lines") or ()))
-                for o in e.get("recent_orders") or ()])
+                (o.get("order_id", ""), _at(o.get("order_date")), o.get("status", ""),
+                 money(o.get("total_amount")), lines(o.get("lines") or (), names))
+                for o in _items(e.get("recent_orders"))])
         if moved("wishlist"):
             t["wishlist"].update([self._wish(pid) for pid in e.get("wishlist") or ()])
         if moved("recent_returns"):
-            t["returns"].update(_rows(e.get("recent_returns"),
-                                      ("order_id", "product_id", "reason", "status", "at")))
+            t["returns"].update([
+                (r.get("order_id", ""), names(str(r.get("product_id", ""))),
+                 r.get("reason", ""), r.get("status", ""), _at(r.get("at")))
+                for r in _items(e.get("recent_returns"))])
         if moved("recent_searches"):
-            t["searches"].update(_rows(e.get("recent_searches"), ("query", "results", "at")))
+            t["searches"].update([
+                (str(r.get("query") or ""), "" if r.get("results") is None else
+                 f"{r['results']:,}", _at(r.get("at")))
+                for r in _items(e.get("recent_searches"))])
         if moved("recent_views"):
-            t["views"].update(_rows(e.get("recent_views"), ("product_id", "at")))
+            t["views"].update([(names(str(r.get("product_id", ""))), _at(r.get("at")))
+                               for r in _items(e.get("recent_views"))])
         if moved("recent_locations"):
-            t["locations"].update(_rows(e.get("recent_locations"),
-                                        ("city", "latitude", "longitude", "at")))
+            t["locations"].update([
+                (place(r["latitude"], r["longitude"], r.get("city")),
+                 coordinates(r["latitude"], r["longitude"]), _at(r.get("at")))
+                for r in _items(e.get("recent_locations")) if "latitude" in r])
         if moved("notes"):
-            t["notes"].update(_rows(e.get("notes"), ("text", "by", "at")))
+            t["notes"].update([(str(r.get("text", "")), str(r.get("by", "")), _at(r.get("at")))
+                               for r in _items(e.get("notes"))])
         if moved("social_sentiment") and e.get("social_sentiment") is not None:
-            self.sentiment.send(pd.DataFrame({"time": [pd.Timestamp.now()],
-                                              "sentiment": [float(e["social_sentiment"])]}))
-        t["fields"].update([(k, format_value(v)) for k, v in sorted(e.items())
+            self._plot_sentiment(e)
+        t["fields"].update([(title(k), readable(k, v, names)) for k, v in sorted(e.items())
                             if k not in ("kind",)])
 
-    def _wish(self, product_id: str) -> tuple[str, str, str, str]:
+    def _plot_sentiment(self, e: Mapping[str, Any]) -> None:
+        # At the event time of the post that moved it (a swept decay: the last seen time).
+        at = (e.get("last_social") or {}).get("at") or e.get("last_seen")
+        if at is None:
+            return
+        stamp = pd.Timestamp(at)
+        stamp = stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
+        if self._sentiment_at is not None and stamp <= self._sentiment_at:
+            return  # a late post: the trend only moves forward
+        self._sentiment_at = stamp
+        self.sentiment.send(pd.DataFrame({"time": [stamp],
+                                          "sentiment": [float(e["social_sentiment"])]}))
+
+    def _wish(self, product_id: str) -> tuple[str, str, str]:
         # Products are entities of their own (keyed by product id): stock is live there.
         p = self.store.get(product_id) or {}
         stock = p.get("total_stock")
         status = "unknown" if stock is None else ("in stock" if stock > 0 else "out of stock")
-        return (product_id, str(p.get("name", "")), "" if stock is None else str(stock), status)
+        return (self.name_of(product_id), "" if stock is None else f"{stock:,}", status)

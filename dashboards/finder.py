@@ -17,11 +17,14 @@ from c360.sync.auth import REDACTED, Scope
 from dashboards.feed import Feed
 from dashboards.live import PANEL_STYLE
 from dashboards.tables import PatchedTable
+from dashboards.text import money
 
 TOP_N = 50
 SORTS = {"Lifetime value": "lifetime_value", "Churn risk": "churn_risk"}
 ALL = "(all segments)"
 COLUMNS = ["id", "name", "email", "segments", "loyalty_tier", "lifetime_value", "churn_risk"]
+TITLES = {"id": "Customer id", "loyalty_tier": "Loyalty tier", "lifetime_value": "Lifetime value",
+          "churn_risk": "Churn risk"}
 
 
 def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
@@ -54,6 +57,16 @@ def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
     return df
 
 
+def display_row(row: tuple[Any, ...]) -> tuple[str, ...]:
+    """A row of :func:`find` as text: money as money, risk with two decimals ("" stays: a
+    field outside the scope)."""
+    cells = dict(zip(COLUMNS, row, strict=True))
+    value, risk = cells["lifetime_value"], cells["churn_risk"]
+    cells["lifetime_value"] = "" if value == "" else money(float(value))
+    cells["churn_risk"] = "" if risk == "" else f"{float(risk):.2f}"
+    return tuple(str(cells[c]) for c in COLUMNS)
+
+
 class FinderPage(pn.viewable.Viewer):
     """Search box, segment and sort pickers, and the live top-N table."""
 
@@ -70,7 +83,8 @@ class FinderPage(pn.viewable.Viewer):
         self.sort = pn.widgets.RadioButtonGroup(label="Sort by", options=list(SORTS),
                                                 value="Lifetime value", color="primary",
                                                 css_classes=["c360-sort"], align="end")
-        self.table = PatchedTable(COLUMNS, height=TOP_N * 30 + 40, css_class="c360-finder")
+        self.table = PatchedTable(COLUMNS, titles=TITLES, height=TOP_N * 30 + 40,
+                                  css_class="c360-finder")
         self.table.widget.on_click(self._clicked)
         for w in (self.search, self.segment, self.sort):
             w.param.watch(lambda _: self.refresh(force=True), "value")
@@ -96,7 +110,7 @@ class FinderPage(pn.viewable.Viewer):
             self.segment.options = options
         segment = "" if self.segment.value == ALL else self.segment.value
         df = find(snap.table, self.scope, self.search.value, segment, SORTS[self.sort.value])
-        self.table.update(list(df.itertuples(index=False, name=None)))
+        self.table.update([display_row(row) for row in df.itertuples(index=False, name=None)])
         self.count.object = f"{len(df)} shown of {snap.customers:,} customers"
 
     def _clicked(self, event: Any) -> None:

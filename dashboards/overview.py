@@ -8,17 +8,24 @@ redraw), and the tables are patched cell by cell.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import holoviews as hv
 import pandas as pd
 import panel as pn
 
+from c360.analytics import SERIES
 from dashboards.feed import Feed, Snapshot
-from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading, format_value
+from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading
 from dashboards.tables import PatchedTable
+from dashboards.text import CURRENCY, named, when
 
 CHART_POINTS = 300
+MINUTE = pd.Timedelta(minutes=1)
+# The feed samples once a second: points further apart than this are a gap (a stalled
+# server), drawn as one, not bridged by a straight line.
+LIVE_GAP = pd.Timedelta(seconds=3)
 # A HoloViews chart update costs the server ~20-40 ms per session: the charts take the
 # second-by-second points in batches, so fifty sessions fit on one process.
 CHART_EVERY_S = 5.0
@@ -37,6 +44,39 @@ def _box(*items: Any, title: str) -> pn.Column:
                      margin=(5, 8))
 
 
+def utc(t: Any) -> pd.Timestamp:
+    """A naive UTC timestamp (what the charts' time axis holds) of a datetime or epoch s."""
+    stamp = pd.Timestamp(t, unit="s") if isinstance(t, (int, float)) else pd.Timestamp(t)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
+
+
+def with_gaps(times: Sequence[pd.Timestamp], columns: Mapping[str, Sequence[float]],
+              step: pd.Timedelta, after: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The points, with a NaN row wherever two are more than ``step`` apart (and before the
+    first when it is that far from ``after``, the last point already drawn): a line
+    breaks there instead of joining the two sides of a gap with a straight line."""
+    rows: list[tuple[Any, ...]] = []
+    last = after
+    for i, t in enumerate(times):
+        if last is not None and t - last > step:
+            rows.append((last + (t - last) / 2, *([float("nan")] * len(columns))))
+        rows.append((t, *(float(c[i]) for c in columns.values())))
+        last = t
+    return pd.DataFrame(rows, columns=["time", *columns])
+
+
+def history(analytics: Mapping[str, Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events per second, revenue per minute) over the closed minute windows the store
+    holds (the dataflow's analytics, up to the last hour), gaps broken."""
+    events = (analytics.get("global:events_per_minute") or {}).get("series") or ()
+    money = (analytics.get("global:revenue_per_minute") or {}).get("series") or ()
+    rate = with_gaps([utc(m["minute"]) for m in events],
+                     {"events_per_s": [sum(m["events"].values()) / 60 for m in events]}, MINUTE)
+    revenue = with_gaps([utc(m["minute"]) for m in money],
+                        {"revenue_per_min": [m["revenue"] for m in money]}, MINUTE)
+    return rate, revenue
+
+
 class OverviewPage(pn.viewable.Viewer):
     """KPIs, streaming charts, trending lists, segments, decisions and dead letters."""
 
@@ -46,9 +86,11 @@ class OverviewPage(pn.viewable.Viewer):
         self._last_at = 0.0
         self._points: list[tuple[pd.Timestamp, float, float]] = []
         self._charted_at = 0.0
+        self._last_point: pd.Timestamp | None = None  # the newest point the charts hold
+        self._names: dict[str, str] = {}
         self.kpis = {
             "rate": _kpi("Events / s", "{value:,.0f}", "c360-kpi-rate"),
-            "revenue": _kpi("Revenue / min", "{value:,.0f}", "c360-kpi-revenue"),
+            "revenue": _kpi("Revenue / min", CURRENCY + " {value:,.0f}", "c360-kpi-revenue"),
             "orders": _kpi("Orders / min", "{value:,.1f}", "c360-kpi-orders"),
             "active": _kpi("Active customers (1 min)", "{value:,}", "c360-kpi-active"),
             "customers": _kpi("Customers", "{value:,}", "c360-kpi-customers"),
@@ -56,18 +98,19 @@ class OverviewPage(pn.viewable.Viewer):
             "dlq": _kpi("Dead letters", "{value:,}", "c360-kpi-dlq"),
             "late": _kpi("Late events", "{value:,}", "c360-kpi-late"),
         }
-        empty = {"time": pd.Series(dtype="datetime64[ns]")}
-        self.rate_buffer = hv.streams.Buffer(
-            pd.DataFrame({**empty, "events_per_s": pd.Series(dtype="float64")}),
-            length=CHART_POINTS, index=False)
-        self.money_buffer = hv.streams.Buffer(
-            pd.DataFrame({**empty, "revenue_per_min": pd.Series(dtype="float64")}),
-            length=CHART_POINTS, index=False)
+        # Seeded with the store's minute series (and their gaps), so that a session opened
+        # late does not start with empty charts; then the live points follow.
+        rate, revenue = history(feed.snapshot.analytics)
+        if len(rate) or len(revenue):
+            self._last_point = max(t for t in (*rate["time"][-1:], *revenue["time"][-1:]))
+        length = CHART_POINTS + 2 * SERIES  # the seed (and its gaps) stay for five minutes
+        self.rate_buffer = hv.streams.Buffer(rate, length=length, index=False)
+        self.money_buffer = hv.streams.Buffer(revenue, length=length, index=False)
         ticks = _clock_ticks()
 
         def curve(data: pd.DataFrame, y: str, label: str) -> hv.Curve:
             return hv.Curve(data, "time", (y, label)).opts(
-                color=ACCENT, line_width=2, responsive=True, height=200, xlabel="",
+                color=ACCENT, line_width=2, responsive=True, height=200, xlabel="UTC",
                 xformatter=ticks, tools=["hover"], framewise=True, ylim=(0, None),
                 show_grid=True, default_tools=["pan", "wheel_zoom", "reset"])
 
@@ -77,13 +120,16 @@ class OverviewPage(pn.viewable.Viewer):
                                     streams=[self.money_buffer])
         self.streams = PatchedTable(["stream", "events", "per_s"], height=300,
                                     css_class="c360-stream-rates")
-        heads = {"products": "product", "categories": "category", "searches": "query"}
-        self.tops = {k: PatchedTable([head, "count"], height=200, css_class=f"c360-top-{k}")
-                     for k, head in heads.items()}
+        heads = {"products": ("product", "Product", "Units"),
+                 "categories": ("category", "Category", "Units"),
+                 "searches": ("query", "Search", "Searches")}
+        self.tops = {k: PatchedTable([head, "count"], titles={head: what, "count": unit},
+                                     height=200, css_class=f"c360-top-{k}")
+                     for k, (head, what, unit) in heads.items()}
         self.segments = PatchedTable(["segment", "customers"], height=200,
                                      css_class="c360-segments")
         self.decisions = PatchedTable(["at", "customer", "action", "reason"], height=300,
-                                      css_class="c360-decisions")
+                                      titles={"at": "Time (UTC)"}, css_class="c360-decisions")
         self.trending_note = pn.pane.Markdown("", css_classes=["c360-trending-source"],
                                               margin=(0, 10))
         self._layout = pn.Column(
@@ -117,6 +163,16 @@ class OverviewPage(pn.viewable.Viewer):
         self._show(snap, first)
         return True
 
+    def name_of(self, product_id: str) -> str:
+        """A product's name from its entity (the id while the store has none)."""
+        name = self._names.get(product_id)
+        if name is None:
+            name = (self.feed.store.get(product_id) or {}).get("name")
+            if not name:
+                return product_id
+            self._names[product_id] = name = str(name)
+        return name
+
     def _show(self, s: Snapshot, first: bool) -> None:
         values = {"rate": round(s.total_rate), "revenue": round(s.revenue_per_min),
                   "orders": round(s.orders_per_min, 1), "active": s.active,
@@ -126,22 +182,27 @@ class OverviewPage(pn.viewable.Viewer):
             if self.kpis[k].value != v:  # a param update only when the figure moved
                 self.kpis[k].value = v
         if not first:  # the first sample has no rate yet: a zero point would be a lie
-            self._points.append((pd.Timestamp.fromtimestamp(s.at), s.total_rate,
-                                 s.revenue_per_min))
+            self._points.append((utc(s.at), s.total_rate, s.revenue_per_min))
             if s.at - self._charted_at >= CHART_EVERY_S:
                 self._charted_at = s.at
                 times, rates, money = zip(*self._points, strict=True)
                 self._points = []
-                self.rate_buffer.send(pd.DataFrame({"time": times, "events_per_s": rates}))
-                self.money_buffer.send(pd.DataFrame({"time": times,
-                                                     "revenue_per_min": money}))
+                after, self._last_point = self._last_point, times[-1]
+                self.rate_buffer.send(with_gaps(times, {"events_per_s": rates}, LIVE_GAP,
+                                                after))
+                self.money_buffer.send(with_gaps(times, {"revenue_per_min": money}, LIVE_GAP,
+                                                 after))
         self.streams.update([(k, n, round(s.rates.get(k, 0.0), 1))
                              for k, n in sorted(s.counts.items())])
         for k, table in self.tops.items():
-            table.update(s.trending.get(k, []))
-        self.segments.update(list(s.segments.items()))
-        self.decisions.update([(format_value(d["at"]), d["customer"], d["action"], d["reason"])
-                               for d in s.decisions])
+            rows = s.trending.get(k, [])
+            if k == "products":
+                rows = [(self.name_of(str(p)), n) for p, n in rows]
+            table.update([(str(a), f"{n:,}") for a, n in rows])
+        self.segments.update([(k, f"{n:,}") for k, n in s.segments.items()])
+        self.decisions.update([(when(d["at"], zone=False), d["customer"],
+                                str(d["action"]).replace("_", " "),
+                                named(str(d["reason"]), self.name_of)) for d in s.decisions])
         note = ("closed five-minute window of the dataflow's analytics"
                 if s.trending_source == "analytics" else
                 "live count over the last five minutes (until the dataflow's first "

@@ -8,27 +8,35 @@ changes its columns is replaced whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import panel as pn
 
+from dashboards.text import title
+
 ROW_PX = 30
 
 
 class PatchedTable:
-    """``update(rows)`` turns the shown table into ``rows`` with the fewest messages."""
+    """``update(rows)`` turns the shown table into ``rows`` with the fewest messages.
+
+    ``columns`` are the keys (stable: CSS and tests find cells by them); ``titles`` what
+    the headers say (default: the key in words, capitalised).
+    """
 
     def __init__(self, columns: Sequence[str], *, height: int | None = None,
-                 css_class: str = "", **tabulator: Any) -> None:
+                 css_class: str = "", titles: Mapping[str, str] | None = None,
+                 **tabulator: Any) -> None:
         self.columns = list(columns)
+        titles = {c: (titles or {}).get(c) or title(c) for c in self.columns}
         self.widget = pn.widgets.Tabulator(
             pd.DataFrame({c: pd.Series(dtype="object") for c in self.columns}),
             disabled=True, show_index=False, sortable=False, selectable=False,
             layout="fit_data_stretch", sizing_mode="stretch_width", height=height,
             css_classes=[css_class] if css_class else [],
-            configuration={"columnDefaults": {"tooltip": True}}, **tabulator)
+            titles=titles, configuration={"columnDefaults": {"tooltip": True}}, **tabulator)
         self._rows: list[tuple[Any, ...]] = []
         self.patches = 0  # messages sent, for tests: patches and streams count; rebuilds too
         self.rebuilds = 0
