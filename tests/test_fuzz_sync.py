@@ -74,6 +74,25 @@ def _is_request(frame: str | bytes) -> bool:
     return isinstance(value, dict) and value.get("type") in REQUEST_TYPES
 
 
+_NO_ID = object()
+
+
+def _request_id(frame: str | bytes) -> object:
+    """The id a bad_request must echo: a top-level string or number id, else None."""
+    def not_json(constant: str) -> None:  # Infinity and NaN are Python's, not JSON
+        raise ValueError(constant)
+
+    try:
+        value = json.loads(frame, parse_constant=not_json)
+    except (ValueError, UnicodeDecodeError):
+        return _NO_ID  # not JSON: what the server can recover is checked in test_sync
+    if not isinstance(value, dict):
+        return None
+    found = value.get("id")
+    return found if isinstance(found, (str, int, float)) and not isinstance(found, bool) \
+        else None
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[SyncServer]:
     store = EntityStore()
@@ -141,6 +160,10 @@ def test_every_frame_gets_a_clear_answer_and_the_server_lives(
             assert isinstance(message["message"], str) and message["message"], message
     if not _is_request(payload):
         assert said[0]["type"] == "error" and said[0]["code"] == "bad_request", said
+    want = _request_id(payload)
+    for message in said:  # a bad request still gets its id back (issue 14, D1)
+        if message["type"] == "error" and message["code"] == "bad_request" and want is not _NO_ID:
+            assert message["id"] == want, (payload, message)
     assert server.error is None
 
 

@@ -130,16 +130,12 @@ def test_raw_clients_converge_on_100_live_customers_and_field_filters_hold(setti
         time.sleep(3)  # patches flow while the simulator runs
         stop.set()
         sim.join(60)
-        last = {}
-
-        def settled() -> bool:
-            nonlocal last
-            now = {eid: store.get(eid)["version"] for eid in ids}
-            done = now == last and all(full.versions.get(e) == v for e, v in now.items())
-            last = now
-            return done
-
-        wait_for(settled, 60, "clients at the store's versions")
+        # The store's final state, logically: no more deltas once the dataflow has stopped
+        # (two equal polls 20 ms apart were no proof: a busy dataflow was still draining).
+        pipeline.stop()
+        final = {eid: store.get(eid)["version"] for eid in ids}
+        wait_for(lambda: all(full.versions.get(e) == v and narrow.versions.get(e) == v
+                             for e, v in final.items()), 60, "clients at the store's versions")
         assert full.gaps == 0
         patches = full.of_type("patch")
         assert len(patches) > 100
@@ -265,31 +261,48 @@ def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
             m["args"] = {"points": 5}
         return m
 
+    # After its attempts, a connection of a token in scope syncs one entity it may see and
+    # reads until that snapshot came: every reply and snapshot owed before it came too (both
+    # queues are in order), however slowly a loaded machine gets there.
+    last_sync = {"narrow": "c01", "vip": "c00", "nopii": "c05"}
+
     async def one(token: str | None, n: int, url: str) -> tuple[str | None, list, float]:
         received: list[tuple[float, dict]] = []
         async with websockets.connect(url, max_size=None) as ws:
             if token is not None:
                 await ws.send(json.dumps({"type": "auth", "token": token}))
+            last = last_sync.get(token or "")
+            sent_all = asyncio.Event()
 
             async def read() -> None:
-                # Read while patches flow; the expiring token reads on until the server has
-                # said token_expired (bounded), however slowly a loaded machine gets there.
                 start = time.monotonic()
-                while True:
+                # expiring: reads on until the server said token_expired; a token in scope:
+                # until its last sync's snapshot (after that sync's reply); others: 3 s.
+                synced_last = done = last is None and token != "expiring"
+                while True:  # 60 s: a generous bound, not a margin
                     waited = time.monotonic() - start
-                    expired = any(m.get("code") == "token_expired" for _, m in received)
-                    if waited > 60 or (waited > 3 and (token != "expiring" or expired)):
+                    if waited > 60 or (waited > 3 and sent_all.is_set() and done):
                         break
                     try:
                         raw = await asyncio.wait_for(ws.recv(), 0.2)
                     except asyncio.TimeoutError:
                         continue
-                    received.append((time.time(), json.loads(raw)))
+                    m = json.loads(raw)
+                    received.append((time.time(), m))
+                    if token == "expiring":
+                        done = done or m.get("code") == "token_expired"
+                    elif m["type"] == "synced" and m.get("id") == "last":
+                        synced_last = True
+                    elif synced_last and m["type"] == "snapshot" and m["entity"] == last:
+                        done = True
 
             reader = asyncio.create_task(read())
             for _ in range(n):
                 await ws.send(json.dumps(attempt()))
                 await asyncio.sleep(0)
+            if last is not None:
+                await ws.send(json.dumps({"type": "sync", "entity": last, "id": "last"}))
+            sent_all.set()
             await reader
         return token, received, time.time()
 
@@ -329,7 +342,13 @@ def test_ten_thousand_random_requests_never_leak_outside_scope() -> None:
         if token in (None, "wrong-token", "", "expired"):
             codes = {m.get("code") for _, m in received if m["type"] == "error"}
             assert codes & {"unauthenticated", "invalid_token", "token_expired"}
-    assert data_messages > 1000  # the in-scope requests did get data
+    # The in-scope requests did get data: on every connection of a token in scope, its last
+    # sync's snapshot (logically implied), and with it whatever its attempts were owed.
+    for token, received, _ in results:
+        if token in last_sync:
+            assert any(m["type"] == "snapshot" and m["entity"] == last_sync[token]
+                       for _, m in received), token
+    assert data_messages > len([r for r in results if r[0] in last_sync])
     # Expiry is judged by what the server did, not by when a busy machine delivered it: on
     # every connection of the expiring token, the server says token_expired once and sends no
     # data after it (scope is checked as each message is built; a receive-time margin failed
@@ -595,11 +614,12 @@ def test_malformed_requests_are_bad_requests_with_their_id_and_the_connection_li
         ('{"type": "sync", "entity": "c01", "zz": 1, "id": "u"}', "u"),  # an unknown field
         ('{"type": "command", "entity": "c01", "name": "grant_points", "args": '
          + _deep(1_000) + ', "id": "deep"}', "deep"),  # B3: nested 1,000 deep
-        ('{"type": "command", "entity": "c01", "name": "grant_points", "args": '
-         + _deep(100_000) + ', "id": "deeper"}', "deeper"),
+        ('{"id": "deeper", "type": "command", "entity": "c01", "name": "grant_points", '
+         '"args": ' + _deep(100_000) + '}', "deeper"),  # 600 kB: the id in its first 64 kB
         ('{"type": "sync", "extra": ' + _deep(5_000) + ', "id": "x"}', "x"),
         ('{"type": "sync", "entity": {"id": "inner"}}', None),  # only a top-level id counts
         ('{"type": "sync", "entity": "c01", "id": [1]}', None),  # an id that is no id
+        ('{"type": "sync", "entity": "c01", "id": "\\ud800"}', None),  # unencodable back
         ('[' * 3_000 + ']' * 3_000, None),
     ]
     book = TokenBook.from_tokens({"admin": {"pii": True}})
