@@ -7,9 +7,10 @@ The main thread only waits: for Ctrl-C / SIGTERM, or for a part to fail. Then it
 stops everything in dependency order (producer, dataflow, web server, broker),
 so that the process exits 0 and leaves no broker process behind.
 
-Stdout carries two lines that scripts and tests rely on::
+Stdout carries lines that scripts and tests rely on::
 
     c360 demo: broker pid 1234 at 127.0.0.1:40123
+    c360 demo: home page at http://127.0.0.1:5006/
     c360 demo: live page at http://127.0.0.1:5006/live
     c360 demo: dashboard at http://127.0.0.1:5006/app
     c360 demo: sync at ws://127.0.0.1:8765
@@ -22,6 +23,7 @@ is local and its dashboard sessions have full access.
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import os
 import secrets
@@ -80,6 +82,22 @@ class _SimulatorThread(threading.Thread):
             log.exception("the simulator failed")
 
 
+# kafka-python 3 warns "It is blocking the event loop" when one step of a client's I/O
+# loop takes over 0.1 s of wall time. In the demo's process (dataflow, web server, feed and
+# simulator) on a busy 2-core machine (load 9.8), the steps that took 0.11-0.23 s were
+# plain socket reads and writes (KafkaTCPTransport._read_from_sock / _write_to_sock) that
+# waited for the CPU: a dozen warnings a minute about nothing. A livelock, what the check
+# is for, still shows past 2 s.
+KAFKA_SLOW_STEP_S = 2.0
+
+
+def _patient_kafka_python() -> None:
+    """Raise kafka-python's slow-step threshold for the clients of this process."""
+    from kafka.net.selector import NetworkSelector
+
+    NetworkSelector.DEFAULT_CONFIG["slow_task_threshold_secs"] = KAFKA_SLOW_STEP_S
+
+
 def _on_signals(handler: Callable[[int, FrameType | None], Any]) -> dict[int, Any]:
     """Install ``handler`` for SIGINT and SIGTERM; returns the previous handlers."""
     previous: dict[int, Any] = {}
@@ -124,6 +142,64 @@ def _start_sync(pipeline: Pipeline, settings: Settings, port: int) -> SyncServer
     return SyncServer(pipeline.store, tokens, settings, port=port).start()
 
 
+LANDING_CSS = """
+body { margin: 0; background: #f1f5f9; color: #0f172a; font-family: system-ui, sans-serif; }
+header { background: #0f766e; color: white; padding: 18px 28px; }
+header b { font-size: 1.6em; margin-right: 14px; }
+main { max-width: 880px; margin: 24px auto; padding: 0 16px; }
+section { background: white; border: 1px solid #e2e8f0; border-radius: 10px;
+          padding: 6px 20px 14px; margin-bottom: 16px; }
+a { color: #0f766e; font-weight: 600; }
+code { background: #f1f5f9; padding: 1px 5px; border-radius: 4px; }
+li { margin: 6px 0; }
+"""
+
+
+def landing_html(sync_url: str, customers: int, rate: float) -> str:
+    """The demo's page at ``/``: where everything is. Self-contained (no script, no image,
+    no web font), so it shows the same offline."""
+    sync = html.escape(sync_url)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>c360 demo</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{LANDING_CSS}</style></head>
+<body><header><b>c360</b>a real-time Customer 360: every stream folded into one live entity
+per customer, straight from Kafka</header>
+<main>
+<section class="c360-pages"><h2>This demo</h2>
+<p>{customers:,} simulated customers at {rate:,g} events per second, through the embedded
+Kafka broker and the dataflow.</p><ul>
+<li><a class="c360-link-live" href="/{PAGE}">Live page</a>: events per second per stream,
+active customers and one customer's entity changing as events arrive.</li>
+<li><a class="c360-link-app" href="/{DASHBOARD}">Dashboard</a>: the overview of the whole
+customer base, a customer finder and the live Customer 360 view.</li>
+<li>Sync server: <code class="c360-sync-url">{sync}</code>, for clients that sync entities and
+their changes (the token is printed in the terminal that runs <code>c360 demo</code>).</li>
+</ul></section>
+<section class="c360-docs"><h2>Next steps</h2><ul>
+<li><code>README.md</code>: the commands, the quick start in Python, what the tests cover.</li>
+<li><code>notebooks/</code> (<code>make lab</code>): getting started, the Olist data, business
+rules, windows and analytics, a dashboard in a notebook, performance.</li>
+<li><code>docs/sync-protocol.md</code>: the sync protocol; <code>docs/dashboard.md</code>:
+the dashboard and its access scopes; <code>docs/analytics.md</code>: windows of relevance.</li>
+</ul><p>Ctrl-C in the terminal stops everything.</p></section>
+</main></body></html>
+"""
+
+
+def _landing_route(page: str) -> tuple[str, type, dict[str, Any]]:
+    """A Tornado route serving ``page`` at ``/`` (before Panel's own index of the apps,
+    whose images and font come from a CDN)."""
+    from tornado.web import RequestHandler
+
+    class Landing(RequestHandler):
+        def get(self) -> None:
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(page)
+
+    return (r"/", Landing, {})
+
+
 def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: bool = True,
              settings: Settings | None = None, sync_port: int = 0) -> int:
     """Run the whole demo until interrupted; returns the exit code (0 on Ctrl-C / SIGTERM)."""
@@ -134,10 +210,11 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
     from dashboards.access import FULL
     from dashboards.app import app as dashboard
     from dashboards.feed import reset as feed_reset
-    from dashboards.live import app
+    from dashboards.live import app, handle_closed_tabs
 
     settings = settings or Settings.from_env()
     stop = threading.Event()
+    _patient_kafka_python()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -178,10 +255,15 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
         auth: dict[str, Any] = ({"basic_auth": users, "cookie_secret": secrets.token_urlsafe(32)}
                                 if users else {})
         pages = {PAGE: app, DASHBOARD: lambda: dashboard(anonymous=FULL)}
+        landing = _landing_route(landing_html(sync.url, customers, rate))
         server = pn.serve(pages, port=port, address="127.0.0.1", websocket_origin=origins,
-                          show=False, threaded=True, title="c360 live", verbose=False, **auth)
+                          show=False, threaded=True, title="c360 live", verbose=False,
+                          extra_patterns=[landing], **auth)
+        loop = server.asyncio_loop  # Panel's server thread runs its own loop
+        loop.call_soon_threadsafe(handle_closed_tabs, loop)
         wait_for_port("127.0.0.1", port)  # the URL is printed only once it answers
         url = f"http://127.0.0.1:{port}/{PAGE}"
+        say(f"home page at http://127.0.0.1:{port}/")
         say(f"live page at {url}")
         say(f"dashboard at http://127.0.0.1:{port}/{DASHBOARD}"
             + ("" if users else " (no login: set C360_DASHBOARD_USERS for one)"))
@@ -212,22 +294,24 @@ def run_demo(port: int = 5006, customers: int = 500, rate: float = 200.0, show: 
     finally:
         stop.set()
         say("stopping...")
-        if sync is not None:
-            sync.stop()  # before the dataflow: it reads the store the dataflow writes
-        feed_reset()  # the dashboard's feed reads Kafka too: stop it before the broker
-        code = _shutdown(simulator, pipeline, server, broker) or code
+        code = _shutdown(simulator, server, feed_reset, sync, pipeline, broker) or code
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     say("stopped")
     return code
 
 
-def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, server: Any,
+def _shutdown(simulator: _SimulatorThread | None, server: Any, feed_reset: Callable[[], None],
+              sync: SyncServer | None, pipeline: Pipeline | None,
               broker: EmbeddedBroker | None) -> int:
-    """Stop what runs, producers first and the broker last; 1 if a part would not stop.
+    """Stop what runs, each part before what it reads from; 1 if a part would not stop.
 
-    The broker is stopped even when stopping another part fails or a second Ctrl-C
-    interrupts: it is a separate process and would otherwise outlive us.
+    The producer first; then the web server, so that no session's callback runs against
+    parts being stopped (it read a stopped store and Kafka, and Bokeh logged tracebacks);
+    the dashboard's feed (it reads the dead-letter topics) and the sync server (the
+    store); the dataflow; the broker last. The broker is stopped even when stopping
+    another part fails or a second Ctrl-C interrupts: it is a separate process and would
+    otherwise outlive us.
     """
     code = 0
     try:
@@ -236,6 +320,14 @@ def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, ser
             if simulator.is_alive():
                 complain("warning: the simulator did not stop in time")
                 code = 1
+        if server is not None:
+            _stop_web_server(server)
+            if server.is_alive():
+                complain("warning: the web server did not stop in time")
+                code = 1
+        feed_reset()
+        if sync is not None:
+            sync.stop()
         if pipeline is not None:
             try:
                 pipeline.stop(STOP_TIMEOUT)
@@ -244,10 +336,6 @@ def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, ser
                 code = 1
             finally:
                 live.reset()
-        if server is not None:
-            with contextlib.suppress(RuntimeError):  # "already stopping"
-                server.stop()
-            server.join(STOP_TIMEOUT)
     finally:
         if broker is not None:
             broker.stop()
@@ -255,3 +343,10 @@ def _shutdown(simulator: _SimulatorThread | None, pipeline: Pipeline | None, ser
                 complain(f"warning: the broker (pid {broker.pid}) did not stop")
                 code = 1
     return code
+
+
+def _stop_web_server(server: Any) -> None:
+    """Stop Panel's server thread (it cancels the sessions' tasks, then stops its loop)."""
+    with contextlib.suppress(RuntimeError):  # "already stopping"
+        server.stop()
+    server.join(STOP_TIMEOUT)

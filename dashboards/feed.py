@@ -122,10 +122,15 @@ class Feed:
         for t in self._threads:
             t.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop sampling and reading Kafka; returns once the threads have ended (the
+        dead-letter consumer closed), so that the broker can be stopped after it."""
         self._stop.set()
         for sub in self._subs:
             sub.close()
+        for t in self._threads:
+            if t is not threading.current_thread() and t.is_alive():
+                t.join(timeout)
 
     # -- sampling --------------------------------------------------------------------------
     def _run(self) -> None:

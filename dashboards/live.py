@@ -12,8 +12,11 @@ entity view is only touched when the entity's version changed.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
@@ -30,7 +33,11 @@ from c360.errors import C360Error
 from c360.events import Catalogue
 from c360.store import EntityStore
 
-pn.extension("tabulator")
+# inline: in a notebook, BokehJS and Panel's JS come from the kernel, not from a CDN (plots
+# were blank offline); served pages are unaffected (the server serves its own static files).
+pn.extension("tabulator", inline=True)
+
+log = logging.getLogger(__name__)
 
 ENTITY_PERIOD_MS = 250  # the brief's "updating within milliseconds", at a browser-friendly pace
 STATS_PERIOD_MS = 1000  # rates are per second, so sampling faster only adds noise
@@ -116,6 +123,42 @@ def format_value(value: Any, limit: int = VALUE_CHARS) -> str:
     else:
         text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_handled_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def handle_closed_tabs(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """On the web server's event loop (default: the running one), a write to a browser tab
+    that has gone away is a debug line, not an error with a traceback.
+
+    When a tab closes while the server writes to it, Tornado fails that write with
+    ``WebSocketClosedError``; Panel then destroys the session and drops its pending
+    writes without looking at their outcome, so asyncio logged "Task exception was never
+    retrieved" with two tracebacks, several times a minute as tabs came and went. Nothing
+    is lost: the tab is gone. Every other unretrieved error goes to the previous handler.
+    """
+    from tornado.websocket import WebSocketClosedError
+
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop here (a notebook's kernel thread, a test)
+            return
+    if loop in _handled_loops:
+        return
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), WebSocketClosedError):
+            log.debug("a browser tab went away during a write: %s", context.get("message"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    _handled_loops.add(loop)
 
 
 def field_order(entity: Mapping[str, Any]) -> list[str]:
@@ -258,6 +301,8 @@ class LivePage(pn.viewable.Viewer):
     # -- control ---------------------------------------------------------------------------
     def start(self) -> LivePage:
         """Refresh periodically (in this session, when served). Idempotent."""
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            handle_closed_tabs()  # served (also by `panel serve`): tabs come and go
         if not self._callbacks:
             self._callbacks = [
                 pn.state.add_periodic_callback(self._refresh_entity, self._entity_period),

@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import panel as pn
 import pytest
@@ -220,67 +220,139 @@ class _Lines:
         return "\n".join(self.seen)
 
 
+HOME_LINE = re.compile(r"^c360 demo: home page at (http://\S+/)$")
+APP_LINE = re.compile(r"^c360 demo: dashboard at (http://\S+/app)\b")
+SYNC_LINE = re.compile(r"^c360 demo: sync at (ws://\S+)$")
+CHURN_S = 60.0  # how long tabs are opened and closed before the Ctrl-C
+# The live page's rows for the streams whose events come at sign-up only (issue 14).
+SIGNUP_STREAMS = ("tp_demographics", "tp_psychographics")
+
+
+def _rates_shown(page: Any) -> dict[str, int]:
+    """The live page's per-stream event counts, as the browser shows them."""
+    rows = page.locator(".c360-rates .tabulator-row")
+    out = {}
+    for text in rows.all_inner_texts():
+        cells = text.split()
+        if len(cells) >= 2:
+            out[cells[0]] = int(cells[1].replace(",", ""))
+    return out
+
+
+def _open(context: Any, base: str, path: str) -> Any:
+    """A new tab on ``path``, once it shows what it is for."""
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.goto(base + path, wait_until="domcontentloaded", timeout=30_000)
+    if path == "live":
+        expect(page.locator(".c360-version")).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
+    elif path == "app":
+        expect(page.locator(".c360-user, .c360-scope").first).to_be_visible(timeout=30_000)
+    else:
+        expect(page.locator(".c360-pages")).to_be_visible(timeout=30_000)
+    return page
+
+
 @pytest.mark.browser
-def test_demo_serves_a_live_page_and_stops_cleanly(artifacts: Path) -> None:
+def test_demo_serves_its_pages_offline_and_stops_quietly(artifacts: Path) -> None:
+    """The acceptance test of ``c360 demo`` (issue 14 for the pages): run as ``make demo``
+    does, with the browser's network blocked to this machine. The landing page links the
+    rest; /live and /app draw their charts; the live page's per-stream counts reach the
+    browser, the sign-up-only streams too; a customer's version moves. Tabs are opened
+    and closed for a minute, then Ctrl-C (SIGINT, a tab still open): exit 0, the broker
+    gone, and nothing on stderr but c360's own lines (no library warning or traceback)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
+    from tests.test_offline import ACCENT_RGB, block_the_network, wait_for_glyphs
+
     command = REPO / ".venv" / "bin" / "c360"
     argv = [str(command)] if command.exists() else [sys.executable, "-m", "c360"]
     argv += ["demo", "--port", "0", "--no-browser", "--customers", "50", "--rate", "100"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("C360_KAFKA")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("C360_")}
     env["PYTHONUNBUFFERED"] = "1"
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    out = _Lines(proc.stdout)
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Lines(proc.stdout), _Lines(proc.stderr)
     broker_pid: int | None = None
     try:
         broker_pid = int(out.wait_for(BROKER_LINE, 60).group(1))
-        url = out.wait_for(URL_LINE, 60).group(1)
+        home = out.wait_for(HOME_LINE, 120).group(1)
+        url = out.wait_for(URL_LINE, 10).group(1)
+        assert url == home + "live"
+        assert out.wait_for(APP_LINE, 10).group(1) == home + "app"
+        sync_url = out.wait_for(SYNC_LINE, 10).group(1)
         ready = time.monotonic() - started
+        opened = {"": 0, "live": 0, "app": 0}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(url, wait_until="domcontentloaded", timeout=30_000)
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                attempted = block_the_network(context)
+                # The landing page: c360's, with the links and the sync URL.
+                landing = _open(context, home, "")
+                assert landing.locator("a.c360-link-live").get_attribute("href") == "/live"
+                assert landing.locator("a.c360-link-app").get_attribute("href") == "/app"
+                expect(landing.locator(".c360-sync-url")).to_have_text(sync_url)
+                landing.screenshot(path=str(artifacts / "demo_home.png"), full_page=True)
+                landing.locator("a.c360-link-live").click()
+                page = landing  # now the live page
                 version = page.locator(".c360-version")
                 expect(version).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
-                first = version.text_content()
-                last_seen = page.locator(".c360-last-seen").text_content()
-                assert last_seen, "the entity's last_seen is shown"
-                # The same customer stays selected; its version moves as events arrive.
+                first = version.text_content() or ""
+                assert page.locator(".c360-last-seen").text_content()
                 customer = page.locator(".c360-entity-id").text_content()
-                expect(version).not_to_have_text(first or "", timeout=20_000)
+                # The same customer stays selected; its version moves as events arrive.
+                expect(version).not_to_have_text(first, timeout=20_000)
                 assert page.locator(".c360-entity-id").text_content() == customer
                 expect(page.locator(".c360-entity-fields")).to_contain_text("last_seen")
-                # A second session shares the process's one store (no second pipeline).
-                other = browser.new_page(viewport={"width": 1000, "height": 700})
-                other.goto(url, wait_until="domcontentloaded", timeout=30_000)
-                expect(other.locator(".c360-version")).to_have_text(re.compile(r"^\d+$"),
-                                                                   timeout=30_000)
-                other.close()
-                page.wait_for_timeout(1500)  # let the rate chart draw a few points
+                assert wait_for_glyphs(page, ".c360-chart", ACCENT_RGB) >= 20
+                # Every sign-up stream's count reached the browser (they read 0 for good).
+                rows = page.locator(".c360-rates .tabulator-row")
+                rows.filter(has_text=SIGNUP_STREAMS[0]).first.wait_for(timeout=10_000)
+                shown = _rates_shown(page)
+                assert all(shown.get(s, 0) > 0 for s in SIGNUP_STREAMS), shown
                 page.screenshot(path=str(artifacts / "demo_live.png"), full_page=True)
+                app = _open(context, home, "app")
+                assert wait_for_glyphs(app, "body", ACCENT_RGB) >= 20
+                app.screenshot(path=str(artifacts / "demo_app.png"), full_page=True)
+                app.close()
+                # A minute of tabs opening and closing (each session's end is clean).
+                tabs = [page]
+                churn_until = time.monotonic() + CHURN_S
+                paths = ["live", "app", ""]
+                while time.monotonic() < churn_until:
+                    path = paths[sum(opened.values()) % len(paths)]
+                    tabs.append(_open(context, home, path))
+                    opened[path] += 1
+                    while len(tabs) > 2:
+                        tabs.pop(0).close()
+                assert tabs and not tabs[-1].is_closed()  # one stays open through Ctrl-C
+                browser_done = time.monotonic() - started
+
+                proc.send_signal(signal.SIGINT)
+                try:
+                    code = proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("the demo did not stop within 60s of SIGINT:\n" + out.rest())
             finally:
                 browser.close()
-        browser_done = time.monotonic() - started
-
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the demo did not stop within 30s of SIGINT:\n" + out.rest())
         stopped = time.monotonic() - started
-        assert code == 0, f"the demo exited with {code}:\n{out.rest()}"
+        assert code == 0, f"the demo exited with {code}:\n{out.rest()}\n{err.rest()}"
         deadline = time.monotonic() + 5
         while _pid_alive(broker_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _pid_alive(broker_pid), f"the broker (pid {broker_pid}) outlived the demo"
-        print(f"\ndemo: URL after {ready:.1f}s, page live after {browser_done:.1f}s, "
-              f"stopped after {stopped:.1f}s")
+        assert attempted == [], f"the pages asked the network for {attempted}"
+        stderr = err.rest(timeout=5).splitlines()
+        foreign = [line for line in stderr if not line.startswith("c360")]
+        assert foreign == [], "stderr holds lines not from c360:\n" + "\n".join(stderr)
+        print(f"\ndemo: URL after {ready:.1f}s, tabs opened {opened}, browser done after "
+              f"{browser_done:.1f}s, stopped after {stopped:.1f}s")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -3,7 +3,9 @@
 The notebook builds its dashboard inline and ends in ``.servable()``. Served, it
 must start no broker of its own and read the cluster named by
 ``C360_KAFKA_BOOTSTRAP``: here the test session's embedded broker, fed by a
-bounded simulator in this process. (Executed as a notebook, nbval checks it.)
+bounded simulator in this process, with the browser's network blocked to this machine
+(tests/test_offline.py): the page draws from the server's own files. (Executed as a
+notebook, nbval checks it.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from c360.broker import free_port
 from c360.config import Settings
 from c360.simulator import simulate
+from tests.test_offline import ACCENT_RGB, block_the_network, wait_for_glyphs
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "05_dashboard_in_a_notebook.ipynb"
@@ -113,7 +116,9 @@ def test_served_notebook_shows_live_data(settings: Settings, artifacts: Path,
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                attempted = block_the_network(context)
+                page = context.new_page()
                 page.goto(url, wait_until="domcontentloaded", timeout=30_000)
                 version = page.locator(".c360-version")
                 expect(version).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
@@ -128,11 +133,15 @@ def test_served_notebook_shows_live_data(settings: Settings, artifacts: Path,
                 expect(page.locator(".c360-top-customers")).to_contain_text(
                     re.compile(r"cust-\d{5}"), timeout=20_000)
                 expect(page.locator(".c360-tiers canvas").first).to_be_visible()
+                # The tier bars and the rate curve are drawn (accent-coloured glyphs).
+                assert wait_for_glyphs(page, ".c360-tiers", ACCENT_RGB) >= 20
+                assert wait_for_glyphs(page, ".c360-chart", ACCENT_RGB) >= 20
                 page.wait_for_timeout(2500)  # a few chart points and a table refresh
                 page.screenshot(path=str(artifacts / "notebook5_served.png"), full_page=True)
             finally:
                 browser.close()
         live = time.monotonic() - started
+        assert attempted == [], f"the page asked the network for {attempted}"
         assert not failures, f"the simulator failed: {failures[0]}"
         # Served, the notebook reads the operator's cluster: it starts no broker of its own.
         assert _children(proc.pid) == [], f"panel serve started {_children(proc.pid)}"

@@ -31,10 +31,11 @@ from kafka import KafkaProducer
 
 import c360
 from c360 import events as ev
+from c360.notebook import offline
 from c360.simulator import generate
 from c360.windows import relevance_table
 
-hv.extension("bokeh")
+offline()  # BokehJS, Panel's JS and CSS from the kernel, not a CDN: plots draw offline
 broker = c360.EmbeddedBroker().start()
 settings = c360.Settings.from_env().with_bootstrap(broker.bootstrap)
 producer = KafkaProducer(**settings.kafka_python(), linger_ms=20)

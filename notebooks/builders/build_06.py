@@ -32,8 +32,9 @@ import psutil
 
 from c360.bench.runner import SECTIONS, run_bench
 from c360.bench.s3_streams import COUNTS
+from c360.notebook import offline
 
-hv.extension("bokeh")
+offline()  # BokehJS, Panel's JS and CSS from the kernel, not a CDN: plots draw offline
 {number: name for number, (name, _) in SECTIONS.items()}  # every section of `c360 bench`"""),
     md("""## Run sections 1, 3 and 5
 
