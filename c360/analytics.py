@@ -25,6 +25,7 @@ minute; active customers are distinct customers with any applied event in the mi
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import Counter
 from collections.abc import Callable
@@ -179,26 +180,27 @@ class GlobalEntities:
         ]
 
 
-def global_analytics(partials: Stream[tuple[str, Acc]],
-                     wait: timedelta = timedelta(hours=1)) -> Stream[list[Delta]]:
+def global_analytics(partials: Stream[tuple[str, Any]], shards: int) -> Stream[list[Delta]]:
     """Tumbling event-time windows over the shards' partials; deltas of global entities.
 
-    A window closes once a partial ``wait`` past its end has arrived (the analytics'
-    allowed lateness), and every open window at the end of input. Partials of a window
+    A window closes once every shard has reported, for every source partition that is not
+    idle, a watermark at or past its end (``("mark", ...)`` partials): the minimum over
+    them, Flink's rule. Every open window closes at the end of input. Partials of a window
     already closed are too late and dropped, counted in ``GlobalWindows.late``.
     """
     keyed = op.map("by_global", partials, lambda kv: ("global", kv))
-    # keyed: ("global", (window length key, Acc)): one state for all windows
+    # keyed: ("global", (window length key, Acc) or ("mark", report)): one state for all
     out = op.stateful_batch("global_windows", keyed,
-                            lambda resume: GlobalWindows(resume, wait))
+                            lambda resume: GlobalWindows(resume, 2 * shards))
     # out: ("global", list[Delta]) per batch that closed windows
     return op.map("global_deltas", out, lambda kv: kv[1])
 
 
 LENGTHS = {"minute": MINUTE, "five": FIVE}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class GlobalWindows(StatefulBatchLogic[tuple[str, Acc], list[Delta], bytes]):
+class GlobalWindows(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]):
     """The open windows and the global entities, in one bytewax state.
 
     Why not bytewax's ``fold_window``: with a live stream in small polls every shard batch
@@ -206,21 +208,39 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Acc], list[Delta], bytes]):
     (system-time notifications for every open window) were most of the dataflow's CPU
     when live: 226 vs 60 microseconds per event measured with and without analytics.
     Here a batch of partials costs a few dict updates and closing is driven by event time.
+
+    Why a watermark per (shard, source partition) rather than per source partition: the
+    shards' partials reach this step on different channels, so a partition's watermark
+    seen from one shard says nothing of what another shard has still to send. Each shard's
+    reports come in order after its partials, so once all ``shard_keys`` x partitions have
+    reported past a window's end, no partial of it can follow.
     """
 
-    def __init__(self, resume: bytes | None, wait: timedelta) -> None:
-        self.wait = wait
+    def __init__(self, resume: bytes | None, shard_keys: int) -> None:
+        self.shard_keys = shard_keys
         if resume:
-            self.entities, self.open, self.watermark, self.late = pickle.loads(resume)
+            state = pickle.loads(resume)
+            if len(state) == 4:  # before per-partition watermarks
+                state = (*state, {})
+            self.entities, self.open, self.watermark, self.late, self.marks = state
         else:
             self.entities = GlobalEntities()
             self.open: dict[tuple[datetime, str], Acc] = {}  # (end, length key) -> window
             self.watermark: datetime | None = None  # windows ending at or before it closed
             self.late = 0
+            # (shard key, source partition) -> (watermark epoch s, partition idle)
+            self.marks: dict[tuple[str, int], tuple[float, bool]] = {}
+        self._parts = 0
 
-    def on_batch(self, values: list[tuple[str, Acc]]) -> tuple[list[list[Delta]], bool]:
-        latest = None
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[list[Delta]], bool]:
+        moved = False
         for key, part in values:
+            if key == "mark":
+                shard, p, parts, mark, idle = part
+                self._parts = max(self._parts, parts)
+                self.marks[(shard, p)] = (mark, idle)
+                moved = True
+                continue
             end = part.start + LENGTHS[key]
             if self.watermark is not None and end <= self.watermark:
                 self.late += 1
@@ -229,12 +249,26 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Acc], list[Delta], bytes]):
             if acc is None:
                 acc = self.open[(end, key)] = Acc(part.start)
             acc.merge(part)
-            if latest is None or part.start > latest:
-                latest = part.start
-        if latest is not None and (self.watermark is None or latest - self.wait > self.watermark):
-            self.watermark = latest - self.wait
+        if moved:
+            mark = self._min_mark()
+            if mark is not None and (self.watermark is None or mark > self.watermark):
+                self.watermark = mark
         deltas = self._close(lambda end: self.watermark is not None and end <= self.watermark)
         return ([deltas] if deltas else []), StatefulBatchLogic.RETAIN
+
+    def _min_mark(self) -> datetime | None:
+        """The minimum watermark over every (shard, partition) that is not idle; None until
+        every one has reported (or when all are idle)."""
+        parts = self._parts or max((p for _, p in self.marks), default=-1) + 1
+        if len(self.marks) < self.shard_keys * parts:
+            return None
+        active = [m for m, idle in self.marks.values() if not idle]
+        if not active:
+            return None
+        low = min(active)
+        if low == -math.inf:
+            return None
+        return _EPOCH + timedelta(seconds=low)
 
     def on_eof(self) -> tuple[list[list[Delta]], bool]:
         deltas = self._close(lambda end: True)
@@ -247,5 +281,5 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Acc], list[Delta], bytes]):
         return deltas
 
     def snapshot(self) -> bytes:
-        return pickle.dumps((self.entities, self.open, self.watermark, self.late),
+        return pickle.dumps((self.entities, self.open, self.watermark, self.late, self.marks),
                             protocol=pickle.HIGHEST_PROTOCOL)

@@ -63,9 +63,21 @@ class EntityState:
         return False
 
 
-def _push(items: list | None, item: Any, limit: int = RECENT) -> list:
-    """A new list with ``item`` first and at most ``limit`` entries."""
-    return [item, *(items or ())][:limit]
+def _push(items: list | None, item: dict, limit: int = RECENT, at: str = "at",
+          tie: str = "") -> list:
+    """A new list with ``item`` in place, newest first by ``item[at]`` (then ``item[tie]``,
+    highest first), at most ``limit`` entries: the latest items of the set of events, in
+    whatever order they were applied. (In order, the new item goes first: one compare.)"""
+    items = items or ()
+    key = (item[at], item[tie]) if tie else (item[at], "")
+    i = 0
+    for other in items:
+        if (other[at], other[tie] if tie else "") <= key:
+            break
+        i += 1
+    if i >= limit:
+        return list(items[:limit]) if isinstance(items, list) else list(items)[:limit]
+    return [*items[:i], item, *items[i:]][:limit]
 
 
 def _later(a: datetime | None, b: datetime) -> datetime:
@@ -119,7 +131,8 @@ def fold_order(s: EntityState, e: ev.Order) -> Changes | None:
         "items_bought": f.get("items_bought", 0) + sum(line.quantity for line in e.lines),
         "orders_value": _money(f.get("orders_value", 0.0), e.total_amount),
         "last_order_at": _later(f.get("last_order_at"), e.order_date),
-        "recent_orders": _push(f.get("recent_orders"), summary, LIMITS["recent_orders"]),
+        "recent_orders": _push(f.get("recent_orders"), summary, LIMITS["recent_orders"],
+                               "order_date", "order_id"),
     }
     cart = _mark_cart(s, [line.product_id for line in e.lines], e.order_date, LEFT)
     if cart is not None:
@@ -127,14 +140,23 @@ def fold_order(s: EntityState, e: ev.Order) -> Changes | None:
     return ch
 
 
+def _newer(current: dict | None, item: dict, *keys: str) -> bool:
+    """Whether ``item`` is later than ``current`` by ``keys`` (a time, then ties): the
+    latest of the set of events wins, whatever order they were applied in."""
+    return current is None or tuple(item[k] for k in keys) >= tuple(current[k] for k in keys)
+
+
 def fold_payment(s: EntityState, e: ev.Payment) -> Changes:
     f = s.fields
-    return {
+    ch: Changes = {
         "total_spent": _money(f.get("total_spent", 0.0), e.amount),
         "payment_count": f.get("payment_count", 0) + 1,
-        "last_payment": {"order_id": e.order_id, "method": e.method, "amount": e.amount,
-                         "payment_date": e.payment_date},
     }
+    last = {"order_id": e.order_id, "method": e.method, "amount": e.amount,
+            "payment_date": e.payment_date}
+    if _newer(f.get("last_payment"), last, "payment_date", "order_id", "method", "amount"):
+        ch["last_payment"] = last
+    return ch
 
 
 def fold_wishlist(s: EntityState, e: ev.Wishlist) -> Changes | None:
@@ -152,12 +174,12 @@ def fold_review(s: EntityState, e: ev.Review) -> Changes:
     f = s.fields
     count = f.get("review_count", 0) + 1
     s.review_sum += e.rating
-    return {
-        "review_count": count,
-        "avg_review_score": s.review_sum / count,
-        "last_review": {"product_id": e.product_id, "order_id": e.order_id,
-                        "rating": e.rating, "text": e.text[:280], "at": e.event_time},
-    }
+    ch: Changes = {"review_count": count, "avg_review_score": s.review_sum / count}
+    last = {"product_id": e.product_id, "order_id": e.order_id, "rating": e.rating,
+            "text": e.text[:280], "at": e.event_time}
+    if _newer(f.get("last_review"), last, "at", "order_id", "product_id", "rating", "text"):
+        ch["last_review"] = last
+    return ch
 
 
 def fold_return(s: EntityState, e: ev.Return) -> Changes | None:
@@ -172,7 +194,7 @@ def fold_return(s: EntityState, e: ev.Return) -> Changes | None:
     item = {"return_id": e.return_id, "order_id": e.order_id, "product_id": e.product_id,
             "reason": e.reason, "status": e.status, "at": e.event_time}
     return {"return_count": f.get("return_count", 0) + 1,
-            "recent_returns": _push(recent, item, LIMITS["recent_returns"])}
+            "recent_returns": _push(recent, item, LIMITS["recent_returns"], "at", "return_id")}
 
 
 def fold_loyalty(s: EntityState, e: ev.Loyalty) -> Changes | None:
@@ -195,7 +217,7 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
     if e.event_type == "view":
         return {"recent_views": _push(f.get("recent_views"),
                                       {"product_id": e.product_id, "at": e.event_time},
-                                      LIMITS["recent_views"])}
+                                      LIMITS["recent_views"], "at", "product_id")}
     action = ADDED if e.event_type == "add_to_cart" else LEFT
     cart = _mark_cart(s, [e.product_id], e.event_time, action)
     return None if cart is None else {"cart": cart}
@@ -259,9 +281,12 @@ def fold_social(s: EntityState, e: ev.Social) -> Changes:
     previous = f.get("social_sentiment")
     # A short exponential average; the analytics issue replaces it with event-time decay.
     sentiment = e.sentiment if previous is None else round(0.7 * previous + 0.3 * e.sentiment, 4)
-    return {"social_count": count, "social_sentiment": sentiment,
-            "last_social": {"event_type": e.event_type, "details": e.details[:280],
-                            "sentiment": e.sentiment, "at": e.event_time}}
+    ch: Changes = {"social_count": count, "social_sentiment": sentiment}
+    last = {"event_type": e.event_type, "details": e.details[:280], "sentiment": e.sentiment,
+            "at": e.event_time}
+    if _newer(f.get("last_social"), last, "at", "event_type", "details", "sentiment"):
+        ch["last_social"] = last
+    return ch
 
 
 def fold_weather(s: EntityState, e: ev.Weather) -> Changes | None:
@@ -274,7 +299,8 @@ def fold_weather(s: EntityState, e: ev.Weather) -> Changes | None:
 def fold_physical_event(s: EntityState, e: ev.PhysicalEvent) -> Changes:
     item = {"venue_event_id": e.venue_event_id, "kind": e.kind, "name": e.name,
             "venue": e.venue, "starts_at": e.starts_at, "distance_km": e.distance_km}
-    return {"nearby_events": _push(s.fields.get("nearby_events"), item, LIMITS["nearby_events"])}
+    return {"nearby_events": _push(s.fields.get("nearby_events"), item, LIMITS["nearby_events"],
+                                   "starts_at", "venue_event_id")}
 
 
 def fold_tp_purchase(s: EntityState, e: ev.ThirdPartyPurchase) -> Changes:

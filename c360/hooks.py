@@ -5,12 +5,14 @@ customer event it maintains the windows of relevance (:mod:`c360.windows`), comp
 the churn score, runs the rules (:mod:`c360.rules`) and the segments
 (:mod:`c360.segments`); it returns extra field changes (part of the event's delta),
 lifecycle notes (emitted right after that delta) and decisions (sent to the decisions
-topic). Per batch, :meth:`sweep` ages a bounded number of quiet customers to the
-shard's watermark, so decay, roll-up and eviction happen without events of theirs.
+topic). :meth:`sweep` ages a quiet customer to one of its deadlines (the shard keeps them
+in event time, see :class:`c360.shard.Shard`), so decay, roll-up and eviction happen
+without events of theirs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +38,10 @@ class EntityHooks:
     windows: bool = True
     rules: bool = True
     segments: bool = True
-    sweep_per_batch: int = 64  # entities looked at per batch by the sweep (bounded work)
+    # 0 turns aging of quiet customers off (windows then stay at each customer's latest
+    # event). Any other value: on. (It once bounded a per-batch sweep; the aging is now
+    # driven by per-customer deadlines in event time, see c360.shard.)
+    sweep_per_batch: int = 64
     # The decoder's allowed lateness, when it checks one: lets the entity forget the ids of
     # events whose duplicates could only arrive too late to be applied anyway.
     allowed_lateness: timedelta | None = None
@@ -55,12 +60,12 @@ class EntityHooks:
     def on_customer_event(self, state: EntityState, stream: str, entity_id: str, event: Event,
                           changes: dict[str, Any], before: dict[str, Any],
                           notes: win.Notes, decisions: list[rules_mod.Decision],
-                          where: tuple[str, int] | None = None,
-                          partitions: dict[tuple[str, int], float] | None = None) -> None:
+                          where: int | None = None,
+                          marks: dict[int, float] | None = None) -> None:
         """Update ``state.fields`` and ``changes`` in place; append notes and decisions.
 
-        ``where`` is the event's topic partition, ``partitions`` the shard's latest event
-        time per topic partition (to forget event ids safely, see :meth:`_remember`).
+        ``where`` is the event's source partition, ``marks`` the shard's watermark per
+        source partition (to forget event ids safely, see :meth:`_remember`).
         """
         fields = state.fields
         if self.windows:
@@ -71,8 +76,8 @@ class EntityHooks:
             if more:
                 fields.update(more)
                 changes.update(more)
-            if self.allowed_lateness is not None and partitions is not None and where:
-                self._remember(state, event, where, partitions, "as_of_day" in changes)
+            if self.allowed_lateness is not None and marks is not None and where is not None:
+                self._remember(state, event, where, marks, "as_of_day" in changes)
         if "as_of_day" in changes:  # a new day: forget bookkeeping past its relevance
             _forget(state, event.event_time)
         if self.rules:
@@ -90,16 +95,16 @@ class EntityHooks:
         if self.segments:
             self._segments(fields, changes, notes, swept=False)
 
-    def _remember(self, state: EntityState, event: Event, where: tuple[str, int],
-                  partitions: dict[tuple[str, int], float], new_day: bool) -> None:
-        """Keep this event's id with its topic partition and time; forget the ids that no
+    def _remember(self, state: EntityState, event: Event, where: int,
+                  marks: dict[int, float], new_day: bool) -> None:
+        """Keep this event's id with its source partition and time; forget the ids that no
         duplicate can need any more.
 
-        A duplicate comes on the same topic partition as its original. The shard's latest
-        event time of a partition is at most the partition's own, so once an original is
-        more than the allowed lateness behind it, the decoder sends any duplicate of it to
-        the late topic: its id need not be kept. (The count bound ``SEEN_EVENT_IDS``
-        stays.) A customer then keeps about one session's ids, not 64.
+        A duplicate comes on the same topic partition as its original, so in the same
+        source partition. Once an original's time is behind that partition's watermark,
+        the decoder sends any later duplicate of it to the late topic: its id need not be
+        kept. (The count bound ``SEEN_EVENT_IDS`` stays.) A customer then keeps about one
+        session's ids, not 64.
         """
         seen = state.seen
         seen[event.event_id] = (where, event.event_time.timestamp())  # type: ignore[assignment]
@@ -107,10 +112,9 @@ class EntityHooks:
             # Oldest first, stopping at the first id still needed: ids are kept in the order
             # they were applied, which is nearly event-time order, so this looks at the
             # expired ones and one more. (An id out of order is kept a little longer.)
-            lateness = self.allowed_lateness.total_seconds()  # type: ignore[union-attr]
             expired = []
             for k, v in seen.items():
-                if v is not None and v[1] >= partitions.get(v[0], 0.0) - lateness:
+                if v is not None and v[1] >= marks.get(v[0], -math.inf):
                     break
                 if v is not None:
                     expired.append(k)
@@ -163,8 +167,9 @@ class EntityHooks:
     def _segments(self, fields: dict[str, Any], changes: dict[str, Any], notes: win.Notes,
                   swept: bool) -> None:
         current = fields.get("segments") or []
-        if swept:
-            new = sorted({*current, segments_mod.DORMANT})
+        if swept:  # dormant, and whatever the aged fields (as_of_day) changed
+            members = segments_mod.membership(fields, changes, current)
+            new = sorted({*(current if members is None else members), segments_mod.DORMANT})
             new = None if new == current else new
         else:
             new = segments_mod.membership(fields, changes, current)
@@ -176,21 +181,25 @@ class EntityHooks:
         for name in sorted(set(current) - set(new)):
             notes.append(("segment_left", {"segment": name}))
 
-    def sweep(self, state: EntityState, watermark: datetime,
-              notes: win.Notes) -> dict[str, Any] | None:
-        """Age one quiet customer to ``watermark``; its changes, or None."""
+    def sweep(self, state: EntityState, watermark: datetime, notes: win.Notes,
+              final: bool = False) -> dict[str, Any] | None:
+        """Age one customer to ``watermark``; its changes, or None.
+
+        ``final``: the end of input, where every customer is aged, quiet or not, so that
+        every windowed field reads as of that time.
+        """
         w = state.windows
         if not self.windows or w is None or w.now is None:
             return None
         quiet = watermark - w.now
-        if quiet < win.QUIET_AFTER or (w.quiet and win.day_of(watermark) <= w.day
-                                       and quiet < win.EVICTED.after):
+        if not final and (quiet < win.QUIET_AFTER or (
+                w.quiet and win.day_of(watermark) <= w.day and quiet < win.EVICTED.after)):
             return None
         fields = state.fields
         changes = win.sweep(w, watermark, fields, notes)
         fields.update(changes)
-        if self.segments and quiet >= segments_mod.DORMANT_AFTER:
-            self._segments(fields, changes, notes, swept=True)
+        if self.segments:  # "new" reads the day; dormant is the passing of time itself
+            self._segments(fields, changes, notes, swept=quiet >= segments_mod.DORMANT_AFTER)
         if quiet >= win.EVICTED.after:
             state.seen.clear()  # duplicates of events this old are not expected any more
             state.cart_marks.clear()  # the cart went with the rest of the detail

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
 from c360.recovery import recovery_config
 from c360.replica import Materializer
+from c360.rules import CATALOG
 from c360.sinks import KafkaSink
 from c360.source import KafkaBatchSource
 from c360.store import EntityStore
@@ -137,8 +138,12 @@ class Pipeline:
 
         s = self.settings
         brokers = s.require_bootstrap().split(",")
+        CATALOG.clear()  # a run starts from its own products, not an earlier run's
         self.source = KafkaBatchSource(s.librdkafka(), self.catalogue.input_topics,
-                                       idle_timeout=self.idle_timeout, stop=self._stop)
+                                       idle_timeout=self.idle_timeout, stop=self._stop,
+                                       unordered=[self.catalogue.commands_topic],
+                                       partition_idle=s.partition_idle_ms / 1000,
+                                       align_max=s.align_max)
         # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
         dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
                         add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
@@ -157,6 +162,12 @@ class Pipeline:
                           logic=self.logic, max_event_bytes=s.max_event_bytes,
                           allowed_lateness=timedelta(seconds=s.allowed_lateness_s),
                           recoverable=self.recoverable)
+
+    @property
+    def as_of(self) -> datetime | None:
+        """After a bounded run: the event time every customer was aged to (the latest event
+        time read); the customers' ``as_of`` field. None when it did not end on idleness."""
+        return self.source.as_of if self.source is not None else None
 
     def ensure_topics(self) -> None:
         cat = self.catalogue
@@ -236,10 +247,13 @@ def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
                    store: EntityStore | None = None) -> EntityStore:
     """Consume every stream topic from the beginning until idle for ``idle`` seconds.
 
-    Returns the store; with ``export``, also writes one row per customer there.
+    Returns the store; with ``export``, also writes one row per customer there. Every
+    customer is aged to the latest event time read and carries it as ``as_of``
+    (docs/event-time.md).
     """
     pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle)
     pipeline.run()
+    log.info("input ended; every customer is as of %s (its as_of field)", pipeline.as_of)
     if export is not None:
         pipeline.store.export(export)
     return pipeline.store

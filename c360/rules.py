@@ -186,6 +186,12 @@ class Catalog:
 
 
 CATALOG = Catalog()
+# Rules that read CATALOG join another entity's state (a product, in a shard and a source
+# partition of its own) as far as this process has folded it: the one part of a decision
+# that event time does not order (docs/event-time.md). Every other rule reads only its
+# customer, whose events are folded in an order that depends only on the topics' contents.
+CATALOG_READERS = frozenset({"wishlist_back_in_stock", "rain_gear",
+                             "near_store_with_viewed_item"})
 
 # The shop's stores (the simulator's world; a real deployment would load its own).
 STORES: dict[str, tuple[float, float]] = {

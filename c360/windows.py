@@ -111,8 +111,33 @@ EVICTED = Evicted(("recent_searches", "recent_views", "recent_locations", "recen
                    "recent_returns", "nearby_events", "last_social", "last_review",
                    "last_payment", "location", "weather", "cart"),
                   after=timedelta(days=90))
-# A customer quiet this long is decayed and rolled forward by the shard's sweep.
+# A customer quiet this long is decayed and rolled forward by the shard's aging.
 QUIET_AFTER = timedelta(days=1)
+# When a quiet customer is aged, after its latest event: its 1-day windows have moved on,
+# then its 7-day, 30-day (and it is dormant), 90-day ones (and its detail is evicted);
+# after that, only when its oldest month of spend leaves the roll-up. It is aged once more
+# at the end of input. (A few deltas per quiet spell, not one a day per customer.)
+AGE_AT: tuple[float, ...] = tuple(d * DAY_S for d in (1, 7, 30, 90))
+
+
+def next_due(w: Windows, fields: dict[str, Any] | None = None) -> float | None:
+    """The next time (epoch s) the shard ages this customer, or None (nothing will move)."""
+    if w.now is None:
+        return None
+    now = w.now.timestamp()
+    swept = w.swept
+    for k in AGE_AT:
+        if now + k > swept:
+            return now + k
+    months = fields.get(ROLLED_UP.field) if fields else None
+    if months:
+        year, month = map(int, min(months).split("-"))
+        index = year * 12 + month - 1 + ROLLED_UP.months  # the month it is forgotten in
+        gone = datetime(index // 12, index % 12 + 1, 1, tzinfo=timezone.utc).timestamp()
+        if gone > swept:
+            return gone
+    return None
+
 
 RELEVANCE: tuple[Recent | Windowed | Decayed | RolledUp | Evicted, ...] = (
     *RECENT, *WINDOWED, *DECAYED, ROLLED_UP, EVICTED)
@@ -167,24 +192,34 @@ def _first_kept_month(today: int) -> str:
 class Windows:
     """An entity's private window bookkeeping (kept in ``EntityState.windows``)."""
 
-    __slots__ = ("now", "day", "daily", "scores", "refs", "quiet")
+    __slots__ = ("now", "day", "daily", "scores", "refs", "quiet", "at", "swept", "due")
 
     def __init__(self) -> None:
         self.now: datetime | None = None  # latest event time of the entity
-        self.day = -1  # the day windows are computed at (today, or later after a sweep)
+        self.day = -1  # the day windows are computed at (today, or later after aging)
         # measure -> day -> amount (cents for spend, counts otherwise)
         self.daily: dict[str, dict[int, int]] = {}
         # Months live only in the public ``monthly_spend`` field (money with two decimals,
         # which converts back to exact cents): a second copy here would double their memory.
-        self.scores: dict[str, dict[str, float]] = {}  # decayed field -> key -> value at ref
-        self.refs: dict[str, float] = {}  # decayed field -> time (epoch s) its values are at
-        self.quiet = False  # swept as quiet; cleared by the next event
+        # Decayed scores in closed form: field -> key -> sum of weight * e^((t - base) / tau),
+        # ``refs`` the base (epoch s). Aging only moves ``at`` (the time they are published
+        # at), so aging to t1 then t2 gives exactly what aging to t2 gives.
+        self.scores: dict[str, dict[str, float]] = {}
+        self.refs: dict[str, float] = {}
+        self.at: dict[str, float] = {}  # decayed field -> time (epoch s) it is published at
+        self.quiet = False  # aged as quiet; cleared by the next event
+        self.swept = -math.inf  # the latest time it was aged to (epoch s)
+        self.due: float | None = None  # its deadline in the shard's heap, if any
 
     def __getstate__(self) -> tuple:
-        return (self.now, self.day, self.daily, self.scores, self.refs, self.quiet)
+        return (self.now, self.day, self.daily, self.scores, self.refs, self.quiet, self.at,
+                self.swept, self.due)
 
     def __setstate__(self, state: tuple) -> None:
-        self.now, self.day, self.daily, self.scores, self.refs, self.quiet = state
+        if len(state) == 6:  # a snapshot from before closed-form scores: start them afresh
+            state = (*state[:3], {}, {}, state[5], {}, -math.inf, None)
+        (self.now, self.day, self.daily, self.scores, self.refs, self.quiet, self.at,
+         self.swept, self.due) = state
 
 
 Notes = list[tuple[str, dict[str, Any]]]  # lifecycle events to emit: (type, detail)
@@ -368,38 +403,53 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
     # fade day by day even while nothing new feeds them.
     start = float(today * DAY_S)
     decayed = []
-    for name, scores in w.scores.items():
-        if w.refs[name] < start:
-            _rebase(w, name, start)
-            if name != "social_sentiment":  # dust is not worth its memory (nor published)
-                # A new dict: deleting from one would keep the room it once needed.
-                w.scores[name] = {k: v for k, v in scores.items() if v >= 0.0005}
+    for name in w.scores:
+        if w.at[name] < start:
+            w.at[name] = start
             out[name] = _sentiment(w) if name == "social_sentiment" else _public(w, name)
             decayed.append(name)
     if decayed:
         notes.append(("decayed", {"fields": decayed}))
 
 
-def _rebase(w: Windows, name: str, ref: float) -> None:
-    factor = math.exp(-(ref - w.refs[name]) / _TAU[name])
-    scores = w.scores[name]
-    for k in scores:
-        scores[k] *= factor
-    w.refs[name] = ref
+def prune_dust(w: Windows) -> None:
+    """Forget keys whose decayed score is dust where it is published (for dormant customers:
+    pruning at t1 then t2 forgets what pruning at t2 forgets, scores only decay)."""
+    for name, scores in w.scores.items():
+        if name == "social_sentiment":
+            continue
+        floor = 0.0005 / _factor(w, name)
+        # A new dict: deleting from one would keep the room it once needed.
+        w.scores[name] = {k: v for k, v in scores.items() if v >= floor}
+
+
+_MAX_EXP = 600.0  # e^600 is far from overflow; a base this old is moved (every ~33 years)
+
+
+def _factor(w: Windows, name: str) -> float:
+    """e^-((at - base) / tau): what a stored sum is worth where it is published."""
+    return math.exp(-(w.at[name] - w.refs[name]) / _TAU[name])
 
 
 def _score(w: Windows, name: str, key: str, weight: float, ts: float,
            out: dict[str, Any] | None) -> None:
     scores = w.scores.get(name)
+    tau = _TAU[name]
     if scores is None:
         scores = w.scores[name] = {}
-        w.refs[name] = max(ts, float(w.day * DAY_S))
-    ref = w.refs[name]
-    if ts > ref:
-        _rebase(w, name, ts)
-        scores[key] = scores.get(key, 0.0) + weight
-    else:  # an older event counts for what is left of it now
-        scores[key] = scores.get(key, 0.0) + weight * math.exp(-(ref - ts) / _TAU[name])
+        w.refs[name] = ts
+        w.at[name] = max(ts, float(w.day * DAY_S))
+    elif ts > w.at[name]:
+        w.at[name] = ts
+    exponent = (ts - w.refs[name]) / tau
+    if exponent > _MAX_EXP:  # move the base (a function of event times only)
+        base = ts
+        factor = math.exp(-(base - w.refs[name]) / tau)
+        for k in scores:
+            scores[k] *= factor
+        w.refs[name] = base
+        exponent = 0.0
+    scores[key] = scores.get(key, 0.0) + weight * math.exp(exponent)
     keep = _KEEP[name]
     if name != "social_sentiment" and len(scores) > 2 * keep:  # bounded: keep the strongest
         w.scores[name] = dict(sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[-keep:])
@@ -409,8 +459,9 @@ def _score(w: Windows, name: str, key: str, weight: float, ts: float,
 
 def _public(w: Windows, name: str) -> dict[str, float]:
     """The strongest keys, rounded (so that float noise of the reading order never shows)."""
+    factor = _factor(w, name)
     top = sorted(w.scores[name].items(), key=lambda kv: (-kv[1], kv[0]))[: _KEEP[name]]
-    return {k: round(v, 4) for k, v in top if v >= 0.001}
+    return {k: round(v * factor, 4) for k, v in top if v * factor >= 0.001}
 
 
 def _sentiment(w: Windows) -> float:
@@ -421,11 +472,12 @@ def _sentiment(w: Windows) -> float:
 
 def sweep(w: Windows, watermark: datetime, fields: dict[str, Any],
           notes: Notes) -> dict[str, Any]:
-    """Age a quiet customer's windows to the shard's watermark; evict detail when dormant.
+    """Age a customer's windows to ``watermark``; evict detail when dormant.
 
-    Called by the shard for entities whose latest event is at least
-    :data:`QUIET_AFTER` behind the watermark: their spend windows, decayed scores and
-    roll-ups must move on although no event of theirs arrives.
+    Called by the shard at the customer's deadlines (1, 7, 30 and 90 days after its latest
+    event, :data:`AGE_AT`) and at the end of input: spend windows, decayed scores and
+    roll-ups move on although no event of theirs arrives. A function of the state and
+    ``watermark`` only: aging to t1 then to t2 leaves the fields aging to t2 leaves.
     """
     out: dict[str, Any] = {}
     today = day_of(watermark)
@@ -439,5 +491,6 @@ def sweep(w: Windows, watermark: datetime, fields: dict[str, Any],
             w.daily.clear()
             notes.append(("evicted", {"fields": dropped,
                                       "quiet_days": (watermark - w.now).days}))
+        prune_dust(w)
     w.quiet = True
     return out

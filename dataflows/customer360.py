@@ -14,6 +14,7 @@ reads ``C360_KAFKA_BOOTSTRAP``), or plug in other sources and sinks with
 from __future__ import annotations
 
 import base64
+import math
 import pickle
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -36,7 +37,8 @@ from c360.events import Catalogue
 from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
 from c360.rules import Decision
-from c360.shard import Failed, Routed, Shard, shard_of
+from c360.shard import Failed, Routed, Shard, ShardBatch, shard_of
+from c360.source import NO_TIME, Polled, event_time_of
 
 DEFAULT_SHARDS = 16
 DEFAULT_LATENESS = timedelta(hours=1)
@@ -44,30 +46,53 @@ _JSON = msgspec.json.Encoder()
 
 
 class Decoded(msgspec.Struct):
-    """One polled batch after decoding: good events grouped by shard, and the rejects."""
+    """One polled item after decoding: good events grouped by shard, and the rejects."""
 
-    by_shard: dict[str, list[Routed]]
+    by_shard: dict[str, ShardBatch]
     failed: list[Failed]
     late: list[Failed] = []  # events later than the allowed lateness: the late topic
+
+
+def shard_keys(shards: int) -> list[str]:
+    """Every shard key (customer and product shards): where a watermark is broadcast."""
+    return [f"{k}{i}" for k in ("c", "p") for i in range(shards)]
 
 
 def make_decoder(
     catalogue: Catalogue, shards: int, max_bytes: int,
     allowed_lateness: timedelta | None = DEFAULT_LATENESS,
-) -> Callable[[list[Message]], Decoded]:
-    decode = catalogue.decode_with_stream
-    # Event time per topic partition: the latest event time read from it. A partition is
-    # read in offset order by exactly one consumer, so whether an event is "too late" is
-    # the same in every run, however the topics' reads interleave (a per-entity or
-    # per-shard clock would depend on which topic happened to be read first).
-    latest: dict[tuple[str, int], datetime] = {}
-    commands = catalogue.commands.name if hasattr(catalogue, "commands") else "commands"
+) -> Callable[[Polled | list[Message]], Decoded]:
+    """Decode and route one source item; judge lateness against its partition's clock.
 
-    def decode_batch(msgs: list[Message]) -> Decoded:
-        by_shard: dict[str, list[Routed]] = {}
+    An event is *late* when its event time is before its source partition's watermark at
+    its position: the latest event time that partition emitted before it, less
+    ``allowed_lateness`` (docs/event-time.md). The source emits each partition in an order
+    that depends only on the topics' contents, so what is late is the same in every run.
+    """
+    decode = catalogue.decode_with_stream
+    commands = catalogue.commands.name if hasattr(catalogue, "commands") else "commands"
+    lateness = allowed_lateness.total_seconds() if allowed_lateness is not None else 0.0
+    check = allowed_lateness is not None
+    keys = shard_keys(shards)
+    # Plain lists of messages (tests, tools) get a clock per partition kept here.
+    clocks: dict[int, float] = {}
+
+    def decode_batch(polled: Polled | list[Message]) -> Decoded:
+        if not isinstance(polled, Polled):
+            part = (polled[0].partition() or 0) if polled else 0
+            times = [event_time_of(m.value()) for m in polled]
+            polled = Polled(part, 1, polled, [math.nan if t is None else t for t in times],
+                            clocks.get(part, NO_TIME))
+            clocks[part] = polled.end_clock()
+        part, parts = polled.part, polled.parts
+        by_shard: dict[str, ShardBatch] = {}
         failed: list[Failed] = []
         late: list[Failed] = []
-        for m in msgs:
+        clock = polled.clock
+        for m, t_read in zip(polled.msgs, polled.times, strict=True):
+            mark = clock - lateness
+            if t_read > clock:
+                clock = t_read
             raw = m.value()
             try:
                 if m.error() is not None:
@@ -79,40 +104,55 @@ def make_decoder(
                 failed.append(Failed(exc.reason, m.topic() or "", m.partition() or 0,
                                      m.offset() or 0, m.key(), raw))
                 continue
-            if allowed_lateness is not None and stream.name != commands:
-                where = (m.topic(), m.partition())
-                t = event.event_time
-                mark = latest.get(where)
-                if mark is None or t > mark:
-                    latest[where] = t
-                elif mark - t > allowed_lateness:
+            if check and stream.name != commands:
+                ts = t_read if t_read == t_read else event.event_time.timestamp()
+                if ts < mark:
+                    t = event.event_time
                     late.append(Failed(
-                        f"too late: event time {t.isoformat()} is {(mark - t).total_seconds():.0f}"
-                        f" s behind its partition's latest ({mark.isoformat()}); allowed "
-                        f"lateness is {allowed_lateness.total_seconds():.0f} s",
-                        m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), raw))
+                        f"too late: event time {t.isoformat()} is {mark + lateness - ts:.0f}"
+                        f" s behind the latest event time of source partition {part} "
+                        f"({_iso(mark + lateness)}); allowed lateness is {lateness:.0f} s",
+                        m.topic() or "", m.partition() or 0,
+                        m.offset() or 0, m.key(), raw))
                     continue
             kind = stream.entity_kind
             entity_id = getattr(event, stream.key_field)
             key = shard_of(kind, entity_id, shards)
             routed = Routed(stream.name, kind, entity_id, event,
-                            (m.topic(), m.partition(), m.offset()))
+                            (m.topic(), m.partition(), m.offset()), mark)
             bucket = by_shard.get(key)
             if bucket is None:
-                by_shard[key] = [routed]
+                by_shard[key] = ShardBatch(key, part, parts, [routed], NO_TIME)
             else:
-                bucket.append(routed)
+                bucket.items.append(routed)
+        end = clock - lateness
+        final = clock if polled.final else None
+        for b in by_shard.values():
+            b.mark, b.idle, b.final = end, polled.idle, final
+        if polled.tick:  # every shard hears the partition's watermark
+            for k in keys:
+                if k not in by_shard:
+                    by_shard[k] = ShardBatch(k, part, parts, [], end, polled.idle, final)
         return Decoded(by_shard, failed, late)
 
     return decode_batch
 
 
-class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed]], bytes]):
+def _iso(ts: float) -> str:
+    if ts == NO_TIME:
+        return "(none)"
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+class ShardLogic(StatefulBatchLogic[ShardBatch, tuple[list, list, list, list], bytes]):
     """Bytewax state of one shard: folds every batch routed to it in one call.
 
     Resumed from a recovery snapshot, it first emits every entity's whole state at the
     snapshot's version (stream ``recovery``): the restarted process's store is rebuilt from
     it, and stores that outlived the crash repair what the replay changes (c360.replica).
+    With analytics, each batch also reports the shard's watermark of its source partition
+    to the global windows (a ``("mark", ...)`` partial), which close on the minimum.
+    At the end of a bounded run (:meth:`on_eof`) every customer is aged to the end of input.
     """
 
     def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool,
@@ -129,6 +169,7 @@ class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed
         self.logic = logic
         self.recoverable = recoverable
         self._reset_due = restored is not None and self.kind is not None
+        self._reported: dict[int, tuple[float, bool]] = {}
 
     def notify_at(self) -> datetime | None:
         # Called right after a resumed logic is built: publish its reset at once.
@@ -148,18 +189,28 @@ class ShardLogic(StatefulBatchLogic[list[Routed], tuple[list[Delta], list[Failed
                   for eid, state in shard.entities.items() if state.version > 0]
         return [(deltas, [], [], [])] if deltas else []
 
-    def on_batch(self, values: list[list[Routed]]) -> tuple[list, bool]:
+    def on_batch(self, values: list[ShardBatch]) -> tuple[list, bool]:
         out = self._reset()
-        if self.kind is None and values and values[0]:
-            self.kind = values[0][0].kind
         for batch in values:
+            if self.kind is None and batch.items:
+                self.kind = batch.items[0].kind
             decisions: list[Decision] = []
             collector = Collector() if self.analytics else None
             deltas, failed = self.shard.apply(batch, self.logic, decisions, collector)
-            partials = collector.partials() if collector is not None else []
+            partials: list = collector.partials() if collector is not None else []
+            if self.analytics:
+                mark = self.shard.marks.get(batch.part, NO_TIME)
+                if self._reported.get(batch.part) != (mark, batch.idle):
+                    self._reported[batch.part] = (mark, batch.idle)
+                    partials.append(("mark", (batch.key, batch.part, batch.parts, mark,
+                                              batch.idle)))
             if deltas or failed or decisions or partials:
                 out.append((deltas, failed, decisions, partials))
         return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        deltas = self.shard.finish()
+        return ([(deltas, [], [], [])] if deltas else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:  # type: ignore[override]
         # Pickled now, so later folds cannot change what recovery stores. Much
@@ -212,8 +263,9 @@ def build_flow(
     """The customer-360 dataflow between any batch source and any sinks.
 
     ``hooks`` (default: windows, rules and segments all on) run after each customer
-    event's fold; pass ``EntityHooks(rules=False, ...)`` to turn parts off. Events later
-    than ``allowed_lateness`` behind their partition go to ``late_sink`` (None: dropped
+    event's fold; pass ``EntityHooks(rules=False, ...)`` to turn parts off. Events before
+    their source partition's watermark (its latest event time less ``allowed_lateness``,
+    docs/event-time.md) go to ``late_sink`` (None: dropped
     and not applied; ``allowed_lateness=None`` applies every event). ``analytics`` adds the
     global per-minute analytics (:mod:`c360.analytics`) to the store as ``global:*``
     entities. ``recoverable=False`` skips state snapshots: right when bytewax runs
@@ -225,12 +277,12 @@ def build_flow(
     hooks = hooks if hooks is not None else EntityHooks(allowed_lateness=allowed_lateness)
     flow = Dataflow(flow_id)
     polled = op.input("kafka_in", flow, source)
-    # polled: list[confluent_kafka.Message], one poll of one partition index
+    # polled: c360.source.Polled, one source partition's messages merged in event time
     decoded = op.map("decode", polled, make_decoder(catalogue, shards, max_event_bytes,
                                                     allowed_lateness))
     # decoded: Decoded
     routed = op.flat_map("by_shard", decoded, lambda d: list(d.by_shard.items()))
-    # routed: (shard key, list[Routed])
+    # routed: (shard key, ShardBatch)
 
     folded = op.stateful_batch("fold", routed, lambda resume: ShardLogic(
         resume, logic, recoverable, hooks, allowed_lateness, analytics))
@@ -239,8 +291,7 @@ def build_flow(
     # deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
     if analytics:
         partials = op.flat_map("partials", folded, lambda kv: kv[1][3])
-        wait = allowed_lateness if allowed_lateness is not None else DEFAULT_LATENESS
-        deltas = op.merge("with_globals", deltas, global_analytics(partials, wait))
+        deltas = op.merge("with_globals", deltas, global_analytics(partials, shards))
     op.output("store_out", deltas, store_sink)
     if changes_sink is not None:
         records = op.flat_map("change_records", deltas, change_records(run_id or new_run_id()))

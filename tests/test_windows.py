@@ -138,9 +138,14 @@ def test_quiet_customers_decay_roll_up_and_are_evicted_without_events() -> None:
     assert quiet is not None
     assert quiet["spend_30d"] == 0 and quiet["spend_1d"] == 0
     assert quiet["monthly_spend"] == {"2026-01": 50.0}
-    # Decayed to the watermark's day without any event: 98 days are 7 half-lives of 14 days.
-    assert quiet["category_affinity"] == {"books": round(0.5 ** 7, 4)}
+    # Aged at its deadlines without any event, the last one 90 days after its latest event.
+    assert quiet["category_affinity"] == {"books": round(0.5 ** (90 / 14), 4)}
     assert quiet["recent_views"] is None and "dormant" in quiet["segments"]
+    # The end of input ages everyone to it: 98 days are 7 half-lives of 14 days.
+    out += shard.finish(as_of=(START + timedelta(days=98)).timestamp())
+    quiet = shard.entity("quiet")
+    assert quiet is not None and quiet["category_affinity"] == {"books": round(0.5 ** 7, 4)}
+    assert quiet["as_of"] == START + timedelta(days=98)
     mine = [d for d in out if d.entity_id == "quiet"]
     kinds = {d.type for d in mine if isinstance(d, Lifecycle)}
     assert {"decayed", "rolled_up", "evicted", "segment_entered"} <= kinds
