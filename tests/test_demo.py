@@ -122,6 +122,54 @@ def test_stream_counts_reach_every_view_even_rows_that_never_change_again() -> N
     assert _shown_counts(pn.panel(page).get_root()) == expected
 
 
+def test_a_write_to_a_closed_tab_is_not_an_error() -> None:
+    """A tab that closes while the server writes to it fails that write; Panel drops the
+    write's task unretrieved, and asyncio logged it with two tracebacks. On a loop that
+    handle_closed_tabs() was given it is a debug line; any other error still reaches the
+    loop's previous handler."""
+    import asyncio
+    import gc
+
+    from tornado.websocket import WebSocketClosedError
+
+    from dashboards.live import handle_closed_tabs
+
+    reported: list[type[BaseException] | None] = []
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(
+        lambda _, ctx: reported.append(type(ctx.get("exception"))))  # type: ignore[arg-type]
+    handle_closed_tabs(loop)
+    handle_closed_tabs(loop)  # idempotent: one handler, not two in a chain
+
+    async def tab_gone() -> None:
+        raise WebSocketClosedError()
+
+    async def ours() -> None:
+        raise ValueError("a real error")
+
+    try:
+        for make in (tab_gone, ours):
+            task = loop.create_task(make())
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert task.done()
+            del task  # never retrieved, as Panel leaves them
+            gc.collect()
+    finally:
+        loop.close()
+    assert reported == [ValueError]
+
+
+def test_the_feed_has_stopped_reading_kafka_when_stop_returns(settings: Settings) -> None:
+    """c360 demo stops the broker right after the dashboard's feed: the feed's Kafka reader
+    must be gone by then, not still polling a broker that is going away."""
+    from dashboards.feed import Feed
+
+    feed = Feed(EntityStore(), settings)
+    assert len(feed._threads) == 2  # the sampler and the dead-letter reader
+    feed.stop()
+    assert [t.name for t in feed._threads if t.is_alive()] == []
+
+
 def test_rate_meter_averages_over_its_window() -> None:
     from dashboards.live import RateMeter
 
