@@ -9,6 +9,7 @@ clients' own logs and the traceback of an unexpected error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -125,9 +126,35 @@ def _cluster(args: argparse.Namespace) -> Settings:
 def _check_tokens() -> None:
     """Sync tokens (C360_TOKENS_FILE / C360_TOKENS): readable and valid, before a server
     that would serve them starts."""
+    if not (os.environ.get("C360_TOKENS_FILE", "").strip()
+            or os.environ.get("C360_TOKENS", "").strip()):
+        return  # none configured: nothing to check, and c360.sync's imports take ~1 s
     from c360.sync import TokenBook
 
     TokenBook.from_env()
+
+
+def _check_dashboard_logins() -> None:
+    """The demo dashboard's users (C360_DASHBOARD_USERS: Panel's basic-auth file) and their
+    scopes (C360_DASHBOARD_SCOPES): readable and valid, before anything starts."""
+    users = os.environ.get("C360_DASHBOARD_USERS", "").strip()
+    if users.endswith(".json") or Path(users).is_file():
+        try:
+            table = json.loads(Path(users).read_text())
+        except OSError as exc:
+            raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: {exc.strerror or exc} (a "
+                              "JSON file of user -> password)") from None
+        except ValueError as exc:
+            raise ConfigError(f"C360_DASHBOARD_USERS={users!r} is not valid JSON: "
+                              f"{exc}") from None
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: expected a JSON object of "
+                              "user -> password")
+    scopes = os.environ.get("C360_DASHBOARD_SCOPES", "").strip()
+    if scopes:
+        from dashboards.access import load_scopes
+
+        load_scopes(scopes)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -245,10 +272,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     check_port(args.port, "--port")
     check_port(args.sync_port, "--sync-port")
     settings = Settings.from_env()
-    users = os.environ.get("C360_DASHBOARD_USERS", "").strip()
-    if users.endswith(".json") and not Path(users).is_file():
-        raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: no such file (a JSON object of "
-                          "user -> password)")
+    _check_dashboard_logins()
     _check_tokens()
     if settings.bootstrap:
         check_reachable(settings)

@@ -105,6 +105,13 @@ CASES: dict[str, Case] = {
                                  {"C360_TOKENS_FILE": "{tmp}/bad.json"}),
     "tokens-inline-bad-json": Case("demo --no-browser --port 0", "C360_TOKENS is not valid JSON",
                                    {"C360_TOKENS": "{{not json"}),
+    "dashboard-users-missing": Case("demo --no-browser --port 0", "No such file or directory",
+                                    {"C360_DASHBOARD_USERS": "{tmp}/users.json"}),
+    "dashboard-users-bad-json": Case("demo --no-browser --port 0", "is not valid JSON",
+                                     {"C360_DASHBOARD_USERS": "{tmp}/bad.json"}),
+    "dashboard-scopes-missing": Case("demo --no-browser --port 0",
+                                     "cannot read the dashboard scopes file",
+                                     {"C360_DASHBOARD_SCOPES": "{tmp}/scopes.json"}),
     "tokens-inline-bad-scope": Case("demo --no-browser --port 0", "C360_TOKENS: token",
                                     {"C360_TOKENS": '{{"t": {{"pii": "maybe"}}}}'}),
 }
