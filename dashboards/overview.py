@@ -8,12 +8,16 @@ redraw), and the tables are patched cell by cell.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import holoviews as hv
 import pandas as pd
 import panel as pn
+from bokeh.models import NumeralTickFormatter
 
 from c360.analytics import SERIES
 from dashboards.feed import Feed, Snapshot
@@ -26,6 +30,40 @@ MINUTE = pd.Timedelta(minutes=1)
 # The feed samples once a second: points further apart than this are a gap (a stalled
 # server), drawn as one, not bridged by a straight line.
 LIVE_GAP = pd.Timedelta(seconds=3)
+# Closed minute windows come after the allowed lateness (an hour by default): a chart
+# seeded with them shows at most this far back, not days of a backfill's sparse minutes.
+SEED_SPAN = pd.Timedelta(hours=2)
+Point = tuple[pd.Timestamp, float, float]  # (time, events per second, revenue per minute)
+
+
+class _Charted:
+    """The live points the overview sessions of this process have charted from one feed:
+    a session opened later starts its charts with them (the last five minutes)."""
+
+    def __init__(self) -> None:
+        self._points: deque[Point] = deque(maxlen=CHART_POINTS)
+        self._lock = threading.Lock()
+
+    def add(self, point: Point) -> None:
+        with self._lock:  # every session sees every sample: keep the first copy only
+            if not self._points or point[0] > self._points[-1][0]:
+                self._points.append(point)
+
+    def points(self) -> list[Point]:
+        with self._lock:
+            return list(self._points)
+
+
+_charted: dict[int, tuple[Feed, _Charted]] = {}
+_charted_lock = threading.Lock()
+
+
+def charted(feed: Feed) -> _Charted:
+    with _charted_lock:
+        held = _charted.get(id(feed))
+        if held is None or held[0] is not feed:
+            held = _charted[id(feed)] = (feed, _Charted())
+        return held[1]
 # A HoloViews chart update costs the server ~20-40 ms per session: the charts take the
 # second-by-second points in batches, so fifty sessions fit on one process.
 CHART_EVERY_S = 5.0
@@ -65,11 +103,16 @@ def with_gaps(times: Sequence[pd.Timestamp], columns: Mapping[str, Sequence[floa
     return pd.DataFrame(rows, columns=["time", *columns])
 
 
-def history(analytics: Mapping[str, Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def history(analytics: Mapping[str, Mapping[str, Any]], since: pd.Timestamp | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(events per second, revenue per minute) over the closed minute windows the store
-    holds (the dataflow's analytics, up to the last hour), gaps broken."""
-    events = (analytics.get("global:events_per_minute") or {}).get("series") or ()
-    money = (analytics.get("global:revenue_per_minute") or {}).get("series") or ()
+    holds (the dataflow's analytics) from ``since`` on, gaps broken."""
+    def series(entity: str) -> list[dict[str, Any]]:
+        items = (analytics.get(entity) or {}).get("series") or ()
+        return [m for m in items if since is None or utc(m["minute"]) >= since]
+
+    events = series("global:events_per_minute")
+    money = series("global:revenue_per_minute")
     rate = with_gaps([utc(m["minute"]) for m in events],
                      {"events_per_s": [sum(m["events"].values()) / 60 for m in events]}, MINUTE)
     revenue = with_gaps([utc(m["minute"]) for m in money],
@@ -98,12 +141,21 @@ class OverviewPage(pn.viewable.Viewer):
             "dlq": _kpi("Dead letters", "{value:,}", "c360-kpi-dlq"),
             "late": _kpi("Late events", "{value:,}", "c360-kpi-late"),
         }
-        # Seeded with the store's minute series (and their gaps), so that a session opened
-        # late does not start with empty charts; then the live points follow.
-        rate, revenue = history(feed.snapshot.analytics)
+        # A session opened late does not start with empty charts: it gets the last five
+        # minutes other sessions charted, or (the first session) the store's closed minute
+        # windows of the last two hours; gaps broken. The live points follow.
+        self._charted = charted(feed)
+        seen = self._charted.points()
+        if seen:
+            times, rates, money = zip(*seen, strict=True)
+            rate = with_gaps(times, {"events_per_s": rates}, LIVE_GAP)
+            revenue = with_gaps(times, {"revenue_per_min": money}, LIVE_GAP)
+        else:
+            rate, revenue = history(feed.snapshot.analytics,
+                                    since=utc(time.time()) - SEED_SPAN)
         if len(rate) or len(revenue):
             self._last_point = max(t for t in (*rate["time"][-1:], *revenue["time"][-1:]))
-        length = CHART_POINTS + 2 * SERIES  # the seed (and its gaps) stay for five minutes
+        length = CHART_POINTS + 2 * SERIES  # room for a seed and its gaps
         self.rate_buffer = hv.streams.Buffer(rate, length=length, index=False)
         self.money_buffer = hv.streams.Buffer(revenue, length=length, index=False)
         ticks = _clock_ticks()
@@ -111,7 +163,8 @@ class OverviewPage(pn.viewable.Viewer):
         def curve(data: pd.DataFrame, y: str, label: str) -> hv.Curve:
             return hv.Curve(data, "time", (y, label)).opts(
                 color=ACCENT, line_width=2, responsive=True, height=200, xlabel="UTC",
-                xformatter=ticks, tools=["hover"], framewise=True, ylim=(0, None),
+                xformatter=ticks, yformatter=NumeralTickFormatter(format="0,0"),
+                tools=["hover"], framewise=True, ylim=(0, None),
                 show_grid=True, default_tools=["pan", "wheel_zoom", "reset"])
 
         rate_chart = hv.DynamicMap(lambda data: curve(data, "events_per_s", "events / s"),
@@ -182,7 +235,9 @@ class OverviewPage(pn.viewable.Viewer):
             if self.kpis[k].value != v:  # a param update only when the figure moved
                 self.kpis[k].value = v
         if not first:  # the first sample has no rate yet: a zero point would be a lie
-            self._points.append((utc(s.at), s.total_rate, s.revenue_per_min))
+            point = (utc(s.at), s.total_rate, s.revenue_per_min)
+            self._points.append(point)
+            self._charted.add(point)
             if s.at - self._charted_at >= CHART_EVERY_S:
                 self._charted_at = s.at
                 times, rates, money = zip(*self._points, strict=True)

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -571,26 +571,39 @@ def test_overview_charts_start_from_the_stores_series_and_break_at_gaps() -> Non
     from dashboards.feed import Feed
     from dashboards.overview import LIVE_GAP, OverviewPage, with_gaps
 
-    minutes = [T0, T0.replace(minute=1), T0.replace(minute=5)]  # 10:02-10:04 had nothing
+    # Closed minute windows (they close after the hour of allowed lateness); one is older
+    # than the charts go back, and nothing happened at 10:02-10:04.
+    t0 = (datetime.now(timezone.utc) - timedelta(minutes=90)).replace(second=0, microsecond=0)
+    minutes = [t0 - timedelta(hours=3), t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=5)]
     store = EntityStore()
     store.apply([
         Delta("global:events_per_minute", "global", 1, T0, "analytics", "a1",
-              {"series": [{"minute": m, "events": {"orders": 60 * (i + 1), "search": 60}}
+              {"series": [{"minute": m, "events": {"orders": 60 * i, "search": 60}}
                           for i, m in enumerate(minutes)]}),
         Delta("global:revenue_per_minute", "global", 1, T0, "analytics", "a2",
-              {"series": [{"minute": m, "revenue": 100.0 * (i + 1), "orders": 1}
+              {"series": [{"minute": m, "revenue": 100.0 * i, "orders": 1}
                           for i, m in enumerate(minutes)]})])
-    feed = Feed(store, period=3600)  # one sample now; the thread's next is an hour away
+    feed = Feed(store, period=3600)  # samples only when told: the thread's next is in an hour
     try:
         page = OverviewPage(feed)
+        rate = page.rate_buffer.data
+        naive = [pd.Timestamp(m).tz_localize(None) for m in minutes]
+        assert rate["time"].tolist() == [naive[1], naive[2], naive[2] + timedelta(minutes=2),
+                                         naive[3]]
+        values = rate["events_per_s"].tolist()
+        assert values[:2] == [2.0, 3.0] and math.isnan(values[2]) and values[3] == 4.0
+        money = page.money_buffer.data["revenue_per_min"].tolist()
+        assert money[:2] == [100.0, 200.0] and math.isnan(money[2]) and money[3] == 300.0
+
+        # A session opened later starts with the live points the first one charted.
+        for _ in range(3):
+            feed.sample()
+            page.refresh()
+        later = OverviewPage(feed).rate_buffer.data
+        assert len(later) == 3 and not later["events_per_s"].isna().any()
+        assert later["time"].min() > naive[3], "the last minutes, not the older windows"
     finally:
         feed.stop()
-    rate = page.rate_buffer.data
-    assert [t.strftime("%H:%M") for t in rate["time"]] == ["10:00", "10:01", "10:03", "10:05"]
-    values = rate["events_per_s"].tolist()
-    assert values[:2] == [2.0, 3.0] and math.isnan(values[2]) and values[3] == 4.0
-    money = page.money_buffer.data["revenue_per_min"].tolist()
-    assert money[:2] == [100.0, 200.0] and math.isnan(money[2]) and money[3] == 300.0
 
     # Live points: a stalled second is a gap too, also across two batches.
     t = pd.Timestamp("2024-05-01 11:00:00")
