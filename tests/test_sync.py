@@ -764,3 +764,58 @@ def test_a_client_that_answers_no_ping_is_cut_after_the_ping_timeout(reads: bool
         else:
             assert cut["unsent"] > 0  # the writer was stuck on a full socket buffer
         sock.close()
+
+
+def _raw_connect(port: int) -> socket.socket:
+    """A WebSocket connection opened by hand, with a small receive buffer; nothing read yet
+    past the handshake."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # byte by byte: nothing past the handshake is read here
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_a_counted_entity_that_leaves_before_its_snapshot_comes_as_unsynced() -> None:
+    store = EntityStore()
+    blob = "x" * 100_000  # 100 x 100 kB: more than the kernel buffers take (4 MiB at most)
+    ids = [f"c{i:03d}" for i in range(100)]
+    store.apply([Delta(eid, "customer", 1, at(1), "search", f"s{eid}",
+                       {"blob": blob, "segments": ["vip"]}) for eid in ids])
+    book = TokenBook.from_tokens({"vip": {"entities": {"segment": "vip"}}})
+    with SyncServer(store, book) as server:
+        sock = _raw_connect(server.port)
+        sock.sendall(_frame(b'{"type": "auth", "token": "vip"}')
+                     + _frame(b'{"type": "sync", "entity": "*", "id": "w"}'))
+        # The sync was handled (authenticated, synced, a first snapshot sent); the client
+        # reads nothing, so most snapshots are still owed when every entity leaves "vip".
+        wait_for(lambda: sum(server.stats()["sent"]) >= 3, what="the sync handled")
+        store.apply([Delta(eid, "customer", 2, at(2), "rules", f"out{eid}", {"segments": []})
+                     for eid in ids])
+        frames: list[tuple[int, bytes]] = []
+        threading.Thread(target=_read_frames, args=(sock, frames), daemon=True).start()
+
+        def messages() -> list[dict[str, Any]]:
+            return [json.loads(data) for op, data in list(frames) if op == 0x1]
+
+        wait_for(lambda: {m["entity"] for m in messages() if m["type"] == "unsynced"}
+                 >= set(ids), 60, "an unsynced for every entity")
+        sock.close()
+    got = messages()
+    synced = next(m for m in got if m["type"] == "synced")
+    assert synced["count"] == 100
+    snapshots = {m["entity"] for m in got if m["type"] == "snapshot"}
+    assert snapshots < set(ids)  # some snapshots were still owed when the entities left
+    # Each counted entity came as a snapshot or as an unsynced: the client's count adds up.
+    first = {}
+    for m in got:
+        if m["type"] in ("snapshot", "unsynced"):
+            first.setdefault(m["entity"], m["type"])
+    assert set(first) == set(ids)
+    assert "unsynced" in first.values()
