@@ -30,9 +30,11 @@ MINUTE = pd.Timedelta(minutes=1)
 # The feed samples once a second: points further apart than this are a gap (a stalled
 # server), drawn as one, not bridged by a straight line.
 LIVE_GAP = pd.Timedelta(seconds=3)
-# Closed minute windows come after the allowed lateness (an hour by default): a chart
-# seeded with them shows at most this far back, not days of a backfill's sparse minutes.
-SEED_SPAN = pd.Timedelta(hours=2)
+# The charts show the last five minutes: closed minute windows older than that are left
+# out of a seed. (They close after the allowed lateness: with the default hour the first
+# session's charts start empty; two hours of windows squeezed the live minutes into a
+# sliver at the right edge, measured on the demo.)
+SEED_SPAN = pd.Timedelta(seconds=CHART_POINTS)
 Point = tuple[pd.Timestamp, float, float]  # (time, events per second, revenue per minute)
 
 
@@ -143,7 +145,7 @@ class OverviewPage(pn.viewable.Viewer):
         }
         # A session opened late does not start with empty charts: it gets the last five
         # minutes other sessions charted, or (the first session) the store's closed minute
-        # windows of the last two hours; gaps broken. The live points follow.
+        # windows of those five minutes; gaps broken. The live points follow.
         self._charted = charted(feed)
         seen = self._charted.points()
         if seen:

@@ -571,10 +571,10 @@ def test_overview_charts_start_from_the_stores_series_and_break_at_gaps() -> Non
     from dashboards.feed import Feed
     from dashboards.overview import LIVE_GAP, OverviewPage, with_gaps
 
-    # Closed minute windows (they close after the hour of allowed lateness); one is older
-    # than the charts go back, and nothing happened at 10:02-10:04.
-    t0 = (datetime.now(timezone.utc) - timedelta(minutes=90)).replace(second=0, microsecond=0)
-    minutes = [t0 - timedelta(hours=3), t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=5)]
+    # Closed minute windows (with a short allowed lateness, they close within the five
+    # minutes the charts show); one is older than that, and two minutes had nothing.
+    t0 = (datetime.now(timezone.utc) - timedelta(minutes=3)).replace(second=0, microsecond=0)
+    minutes = [t0 - timedelta(hours=1), t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=3)]
     store = EntityStore()
     store.apply([
         Delta("global:events_per_minute", "global", 1, T0, "analytics", "a1",
@@ -588,8 +588,8 @@ def test_overview_charts_start_from_the_stores_series_and_break_at_gaps() -> Non
         page = OverviewPage(feed)
         rate = page.rate_buffer.data
         naive = [pd.Timestamp(m).tz_localize(None) for m in minutes]
-        assert rate["time"].tolist() == [naive[1], naive[2], naive[2] + timedelta(minutes=2),
-                                         naive[3]]
+        assert rate["time"].tolist() == [naive[1], naive[2],
+                                         naive[2] + timedelta(minutes=1), naive[3]]
         values = rate["events_per_s"].tolist()
         assert values[:2] == [2.0, 3.0] and math.isnan(values[2]) and values[3] == 4.0
         money = page.money_buffer.data["revenue_per_min"].tolist()
