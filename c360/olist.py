@@ -63,6 +63,7 @@ olist_geolocation_dataset                        geolocation_zip_code_prefix,
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter, defaultdict
@@ -564,24 +565,30 @@ def _day(t: datetime) -> int:
     return int(t.timestamp() // 86_400)
 
 
+def _kept(t: datetime, evicted: bool, gone_after: datetime | None) -> bool:
+    """Whether a detail set at ``t`` is still there: no eviction since."""
+    return not evicted and (gone_after is None or gone_after < t)
+
+
 def batch_customers(as_of: datetime, data_dir: Path | None = None, *,
-                    ties: str = "offset") -> dict[str, dict[str, Any]]:
+                    ties: str = "content") -> dict[str, dict[str, Any]]:
     """Every :data:`ORACLE_COLUMNS` column of every customer as of event time ``as_of``
     (the run's final watermark), from the CSV files in plain pandas and Python.
 
     A column a customer never had is absent; a detail evicted (90 days quiet) is None.
     ``ties``: which of several payments (reviews, orders) at the same event time is the
-    customer's latest: the one produced last by the replay ("offset": file order, as the
-    partition's offsets have it) or the greatest event id ("event_id").
+    customer's latest: by content, as docs/event-time.md (rule 10) says ("content": the
+    greatest (order id, method, amount) of a payment, (order id, product id, rating, text)
+    of a review, order id of an order), or the one the replay produced last ("offset").
     """
-    if ties not in ("offset", "event_id"):
-        raise ConfigError(f"ties must be 'offset' or 'event_id', not {ties!r}")
+    if ties not in ("content", "offset"):
+        raise ConfigError(f"ties must be 'content' or 'offset', not {ties!r}")
     data_dir = _check_dir(Path(data_dir) if data_dir is not None else Settings.from_env().olist_dir)
     tb = _tables(data_dir)
     orders, items, payments, reviews, geo = (tb["orders"], tb["items"], tb["payments"],
                                              tb["reviews"], tb["geo"])
     end = as_of.astimezone(timezone.utc)
-    by_id = ties == "event_id"
+    by_content = ties == "content"
 
     lines_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
     cents_of: defaultdict[str, int] = defaultdict(int)
@@ -601,28 +608,31 @@ def batch_customers(as_of: datetime, data_dir: Path | None = None, *,
                                       "customer_city", "customer_state",
                                       "customer_zip_code_prefix"),
             _py(orders["t"]), strict=True):
-        cust_orders[cuid].append((t, n, oid, _str(status), _str(city), _str(state), _str(zip_)))
+        tie = oid if by_content else n
+        cust_orders[cuid].append((t, tie, oid, _str(status), _str(city), _str(state),
+                                  _str(zip_)))
     cust_pay: defaultdict[str, list[tuple]] = defaultdict(list)
-    for n, (cuid, oid, seq, method, value, cents), t in zip(
+    for n, (cuid, oid, _seq, method, value, cents), t in zip(
             range(len(payments)), _cols(payments, "customer_unique_id", "order_id",
                                         "payment_sequential", "payment_type", "payment_value",
                                         "cents"), _py(payments["paid_t"]), strict=True):
-        tie = f"payment:{oid}:{seq}" if by_id else n
+        tie = (oid, _str(method), value) if by_content else n
         cust_pay[cuid].append((t, tie, oid, _str(method), value, cents))
     cust_rev: defaultdict[str, list[tuple]] = defaultdict(list)
-    for n, (cuid, rid, oid, score, title, message), t in zip(
+    for n, (cuid, _rid, oid, score, title, message), t in zip(
             range(len(reviews)), _cols(reviews, "customer_unique_id", "review_id", "order_id",
                                        "review_score", "review_comment_title",
                                        "review_comment_message"), _py(reviews["rt"]),
             strict=True):
-        tie = f"review:{rid}:{oid}" if by_id else n
-        cust_rev[cuid].append((t, tie, oid, score, _str(title), _str(message)))
+        text = "\n".join(x for x in (_str(title).strip(), _str(message).strip()) if x)
+        tie = (oid, single.get(oid, ""), score, text[:_TEXT_MAX]) if by_content else n
+        cust_rev[cuid].append((t, tie, oid, score, text))
     lat = geo["geolocation_lat"].to_dict()
     lng = geo["geolocation_lng"].to_dict()
 
     out: dict[str, dict[str, Any]] = {}
     for cuid, og in cust_orders.items():
-        og.sort(key=lambda r: (r[0], r[1]))  # by time, then file order (offsets)
+        og.sort(key=lambda r: (r[0], r[1]))  # by time, then the tie rule
         # Details and location come with the first order (by time, then order id).
         fo_t, _, _, _, city, state, zip_ = min(og, key=lambda r: (r[0], r[2]))
         pg = sorted(cust_pay.get(cuid, ()), key=lambda r: (r[0], r[1]))
@@ -634,6 +644,12 @@ def batch_customers(as_of: datetime, data_dir: Path | None = None, *,
         start = datetime.fromtimestamp(today * 86_400, timezone.utc)
         quiet = end - last
         evicted = quiet >= _EVICT_AFTER
+        # A customer quiet for 90 days loses the detail of their last visit then, also when
+        # they come back later: a detail survives only if no such gap followed it.
+        times = sorted([r[0] for r in og] + [r[0] for r in pg] + [r[0] for r in rg])
+        gaps = [a for a, b in itertools.pairwise(times) if b - a >= _EVICT_AFTER]
+        gone_after = gaps[-1] if gaps else None  # the last eviction came after this time
+
         c: dict[str, Any] = {}
         oids = [r[2] for r in og]
         c["order_count"] = len(set(oids))
@@ -666,34 +682,34 @@ def batch_customers(as_of: datetime, data_dir: Path | None = None, *,
                 kept = _first_kept_month(pd.Timestamp(start))
                 c["monthly_spend"] = {m: months[m] / 100 for m in sorted(months) if m >= kept}
             t, _, oid, method, value, _ = pg[-1]
-            c["last_payment"] = None if evicted else {
+            c["last_payment"] = None if not _kept(t, evicted, gone_after) else {
                 "order_id": oid, "method": method, "amount": value, "payment_date": t}
         for n in _SPEND_DAYS:
             c[f"spend_{n}d"] = spend[n] / 100
         if rg:
             c["review_count"] = len(rg)
             c["avg_review_score"] = sum(r[3] for r in rg) / len(rg)
-            t, _, oid, score, title, message = rg[-1]
-            text = "\n".join(x for x in (title.strip(), message.strip()) if x)
-            c["last_review"] = None if evicted else {
+            t, _, oid, score, text = rg[-1]
+            c["last_review"] = None if not _kept(t, evicted, gone_after) else {
                 "product_id": single.get(oid, ""), "order_id": oid, "rating": score,
                 "text": text[:_TEXT_MAX], "at": t}
         scored = [(r[0].timestamp(), li["category"]) for r in og
                   for li in lines_of.get(r[2], ()) if li["category"]]
         if scored:
             c["category_affinity"] = _affinity(scored, start.timestamp())
-        if evicted:
+        since = [r for r in og if gone_after is None or r[0] > gone_after]
+        if evicted or not since:  # (an order after the eviction starts them afresh)
             c["recent_orders"] = c["cart"] = None
         else:
             c["recent_orders"] = [
                 {"order_id": oid, "order_date": t, "status": status,
                  "total_amount": cents_of.get(oid, 0) / 100, "lines": lines_of.get(oid, [])}
-                for t, _, oid, status, *_ in og[::-1][:_RECENT_ORDERS]
+                for t, _, oid, status, *_ in since[::-1][:_RECENT_ORDERS]
                 if t >= start - _RECENT_ORDERS_AGE]
             c["cart"] = []
         if zip_ in lat:
             loc = {"latitude": lat[zip_], "longitude": lng[zip_], "city": city, "at": fo_t}
-            if evicted:
+            if not _kept(fo_t, evicted, gone_after):
                 c["location"] = c["recent_locations"] = None
             else:
                 c["location"] = loc
