@@ -497,7 +497,10 @@ def create_topics(settings: Settings, topics: Iterable[str], partitions: int | N
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     count = partitions or settings.partitions
-    check_reachable(settings)  # kafka-python would retry (and log) for 30 s and more
+    # kafka-python would retry (and log) for 30 s and more. A refused port or an unknown
+    # host fails at once; a listener that does not answer gets 15 s here, not the CLI's 5 s,
+    # since a library call may run on a busy machine where a broker answers late.
+    check_reachable(settings, timeout=15.0)
     try:
         admin = KafkaAdminClient(**settings.kafka_python(), client_id="c360-admin")
     except KafkaError as exc:

@@ -105,3 +105,11 @@ def test_security_and_topic_settings_are_checked(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("C360_KAFKA_SECURITY_PROTOCOL", "SSL")
     with pytest.raises(ConfigError, match="set C360_KAFKA_SECURITY_PROTOCOL to SASL_SSL"):
         Settings.from_env()
+
+
+def test_a_library_run_without_a_cluster_says_how_to_start_one(monkeypatch) -> None:
+    import c360
+
+    monkeypatch.delenv("C360_KAFKA_BOOTSTRAP", raising=False)
+    with pytest.raises(ConfigError, match=r"with c360\.embedded_broker\(\) as settings"):
+        c360.run_until_idle(1)
