@@ -75,16 +75,21 @@ def event_time_of(raw: bytes | None) -> float | None:
 
     The first ``"event_time"`` key of the record counts: the top-level one for every
     c360 schema (msgspec writes it second, after ``event_id``) and for any producer that
-    does not nest another ``"event_time"`` before it. About 1 us per record.
+    does not nest another ``"event_time"`` before it. About 1 us per record (measured:
+    the string search is a quarter of it, ``datetime.fromisoformat`` the rest; a hand
+    parse of the digits in Python was slower).
     """
     if not raw:
         return None
     i = raw.find(_KEY)
     if i < 0:
         return None
-    j = raw.find(b'"', i + 12)
-    if j < 0 or raw[i + 12:j].strip(b" \t\r\n:") != b"":
-        return None
+    if raw[i + 12:i + 14] == b':"':  # compact JSON
+        j = i + 13
+    else:
+        j = raw.find(b'"', i + 12)
+        if j < 0 or raw[i + 12:j].strip(b" \t\r\n:") != b"":
+            return None
     k = raw.find(b'"', j + 1)
     if k < 0:
         return None
@@ -131,15 +136,21 @@ class Polled:
 
 
 class Idle:
-    """When the source last saw a message, shared by every partition of a process."""
+    """When the source last read a message, and how many it emitted (handed to the
+    dataflow: read and no longer held by the merge), shared by every partition of a
+    process."""
 
     def __init__(self) -> None:
         self.last = time.monotonic()
         self.messages = 0
+        self._lock = threading.Lock()
 
     def touch(self, n: int) -> None:
         self.last = time.monotonic()
-        self.messages += n
+
+    def emitted(self, n: int) -> None:
+        with self._lock:  # partitions run on several worker threads
+            self.messages += n
 
     def seconds(self) -> float:
         return time.monotonic() - self.last
@@ -322,6 +333,8 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
             if t > end:
                 end = t
         self._clock = end
+        if out:
+            self._idle.emitted(len(out))
         idle = not out and self._merge.all_idle(now)
         tick = final or (now - self._last_tick >= TICK_S
                          and (end != self._ticked_clock or idle != self._ticked_idle))
