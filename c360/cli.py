@@ -365,8 +365,9 @@ class _Progress:
         quiet = now - self._changed
         wait = (f", idle {quiet:.0f}s of {self._idle:g}s" if self._idle is not None
                 and quiet >= 1 else "")
-        return (f"c360 run: {events:,} events read ({rate:,.0f}/s){at}, "
-                f"{len(self._store):,} entities{wait}")
+        # The most telling first: a narrow terminal cuts the end of the line.
+        return (f"c360 run: {events:,} events read ({rate:,.0f}/s){at}{wait}, "
+                f"{len(self._store):,} entities")
 
     def _show(self, text: str) -> None:
         if self._redraw:  # cut to the terminal's width: a wrapped line cannot be redrawn
