@@ -398,7 +398,7 @@ def test_demo_serves_its_pages_offline_and_stops_quietly(artifacts: Path) -> Non
         assert attempted == [], f"the pages asked the network for {attempted}"
         stderr = err.rest(timeout=5).splitlines()
         foreign = [line for line in stderr if not line.startswith("c360")]
-        assert foreign == [], "stderr holds lines not from c360:\n" + "\n".join(stderr)
+        assert foreign == [], "stderr holds more than c360's own messages:\n" + "\n".join(stderr)
         print(f"\ndemo: URL after {ready:.1f}s, tabs opened {opened}, browser done after "
               f"{browser_done:.1f}s, stopped after {stopped:.1f}s")
     finally:
