@@ -5,9 +5,10 @@ Served by ``c360 demo`` at ``/live``, and by ``panel serve dashboards/live.py`` 
 process, see :mod:`c360.live`). In a notebook: ``LivePage(store).start()`` then
 display it.
 
-Nothing is ever redrawn wholesale: the rates table and the entity's fields are
-patched cell by cell, the rate chart is streamed (``hv.streams.Buffer``), and the
-entity view is only touched when the entity's version changed.
+Little is sent: the entity's fields are patched cell by cell once the page is shown,
+the rate chart is streamed (``hv.streams.Buffer``), the entity view is only touched when
+the entity's version changed, and the 17-row rates table is sent whole only when it
+changed (a patch would not reach a view made after it, see ``_refresh_stats``).
 """
 
 from __future__ import annotations
