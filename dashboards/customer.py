@@ -72,7 +72,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                 ("status", "Status"), ("at", f"Requested {UTC}")],
     "searches": [("query", "Search"), ("results", "Results"), ("at", f"Time {UTC}")],
     "views": [("product", "Product"), ("at", f"Time {UTC}")],
-    "locations": [("place", "Place"), ("coordinates", "Coordinates"), ("at", f"Time {UTC}")],
+    "locations": [("place", "Place"), ("at", f"Time {UTC}"), ("coordinates", "Coordinates")],
     "notes": [("text", "Note"), ("by", "By"), ("at", f"Time {UTC}")],
     "fields": [("field", "Field"), ("value", "Value")],
 }
@@ -481,8 +481,8 @@ class CustomerView(pn.viewable.Viewer):
                                for r in _items(e.get("recent_views"))])
         if moved("recent_locations"):
             t["locations"].update([
-                (place(r["latitude"], r["longitude"], r.get("city")),
-                 coordinates(r["latitude"], r["longitude"]), _at(r.get("at")))
+                (place(r["latitude"], r["longitude"], r.get("city")), _at(r.get("at")),
+                 coordinates(r["latitude"], r["longitude"]))
                 for r in _items(e.get("recent_locations")) if "latitude" in r])
         if moved("notes"):
             t["notes"].update([(str(r.get("text", "")), str(r.get("by", "")), _at(r.get("at")))
