@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from c360.config import Settings, check_topic_name, parse_bootstrap
+from c360.config import Settings, check_topic_name, parse_bootstrap, quiet_kafka_clients
 from c360.errors import C360Error, ConfigError
 
 EXPORT_SUFFIXES = (".parquet", ".csv", ".jsonl")
@@ -538,9 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        # kafka-python logs every retry of an unreachable broker (21-27 lines measured);
-        # c360 raises one BrokerError that says what to do instead.
+        # Both Kafka clients log every retry of an unreachable broker (kafka-python 21-27
+        # lines, librdkafka thousands, measured); c360 raises one error that says what to do.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        quiet_kafka_clients()
     try:
         return args.func(args)
     except C360Error as exc:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,42 @@ def test_a_demo_error_goes_to_stderr(places: dict[str, str]) -> None:
         f"c360 demo: error: port {places['busy']} is in use: pass --port 0 (any free port) "
         "or another port"], done.stderr
     assert "error" not in done.stdout, done.stdout
+
+
+def test_a_lost_broker_is_one_line_without_the_kafka_clients_logs(tmp_path: Path) -> None:
+    """The memory-only broker restarts under a running `c360 run`: librdkafka would log every
+    reconnect of every client (thousands of lines); stderr holds c360's one line only."""
+    from kafka import KafkaProducer
+
+    from tests.factories import read_dlq
+    from tests.test_broker_restart import fresh_settings, wait_for
+
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    try:
+        settings = fresh_settings(broker)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("C360_")}
+        env.update({"C360_KAFKA_BOOTSTRAP": broker.bootstrap,
+                    "C360_TOPIC_PREFIX": settings.topic_prefix})
+        proc = subprocess.Popen([sys.executable, "-m", "c360", "run", "--until-idle", "120",
+                                 "--progress", "never"], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+            producer.send(settings.topic_prefix + "orders", b"not json").get(10)
+            producer.close()
+            # The run reads once its dead letter is out: only then restart the broker.
+            dlq = settings.topic_prefix + "dlq"
+            wait_for(lambda: read_dlq(settings, dlq, 1, timeout=1) != [], 60,
+                     "c360 run dead-letters the malformed event")
+            broker.restart()
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        broker.stop()
+    assert proc.returncode == 2, stderr[-3000:]
+    lines = stderr.splitlines()
+    assert [line for line in lines if line.startswith("%")] == [], stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("c360: error: "), stderr[-3000:]
