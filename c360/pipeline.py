@@ -23,7 +23,7 @@ from c360.broker import create_topics
 from c360.changes import changes_sink, new_run_id
 from c360.config import Settings
 from c360.delta import Delta
-from c360.errors import C360Error
+from c360.errors import C360Error, ConfigError
 from c360.events import Catalogue
 from c360.hooks import EntityHooks
 from c360.logic import Logic, first_logic
@@ -112,6 +112,15 @@ class Pipeline:
         is the usual one). ``addresses``/``process_id``: this process's place in a cluster
         of dataflow processes (bytewax ``-a``/``-i``). ``hooks``, ``analytics``: see
         ``build_flow``."""
+        # Checked here, not found out after a run: idle_timeout=-5 would end at once with
+        # an empty store, workers=0 would run nothing; both looked like "0 customers".
+        if workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {workers}")
+        if idle_timeout is not None and not idle_timeout > 0:  # NaN too
+            raise ConfigError(f"idle_timeout must be more than 0 seconds, not {idle_timeout}")
+        if not snapshot_interval > 0:
+            raise ConfigError(f"snapshot_interval must be more than 0 seconds, "
+                              f"not {snapshot_interval}")
         self.settings = settings or Settings.from_env()
         self.store = store if store is not None else EntityStore()
         self.catalogue = Catalogue(self.settings.topic_prefix)

@@ -113,3 +113,16 @@ def test_a_library_run_without_a_cluster_says_how_to_start_one(monkeypatch) -> N
     monkeypatch.delenv("C360_KAFKA_BOOTSTRAP", raising=False)
     with pytest.raises(ConfigError, match=r"with c360\.embedded_broker\(\) as settings"):
         c360.run_until_idle(1)
+
+
+def test_a_library_run_with_nonsense_arguments_fails_before_it_starts() -> None:
+    import c360
+
+    s = Settings(bootstrap="127.0.0.1:1")  # never reached: the arguments are checked first
+    for kwargs, says in [({"idle": -5}, "idle_timeout must be more than 0 seconds, not -5"),
+                         ({"idle": float("nan")}, "idle_timeout must be more than 0"),
+                         ({"workers": 0}, "workers must be at least 1, not 0")]:
+        with pytest.raises(ConfigError, match=says):
+            c360.run_until_idle(settings=s, **kwargs)
+    with pytest.raises(ConfigError, match="snapshot_interval must be more than 0"):
+        c360.Pipeline(s, snapshot_interval=0)
