@@ -399,6 +399,7 @@ class CustomerView(pn.viewable.Viewer):
             if w.value != 0:
                 w.value = 0
         self.profile.object = self.offer.object = self._offer_shown = ""
+        self.buttons["send_offer"].disabled = True
         for t in self.tables.values():
             t.update([])
         self.sentiment.clear()
@@ -442,6 +443,12 @@ class CustomerView(pn.viewable.Viewer):
         text = offer_html(entity, changed, self._stock, self.name_of)
         if text != self._offer_shown:
             self._offer_shown = self.offer.object = text
+            # Nothing to send (none, or withdrawn): the button says so before a click does.
+            button = self.buttons["send_offer"]
+            disabled = (not self.scope.allows_command("send_offer")
+                        or next_best_offer(entity, self._stock) is None)
+            if button.disabled != disabled:
+                button.disabled = disabled
 
     def _draw(self, e: dict[str, Any], changed: set[str], first: bool) -> None:
         def moved(*fields: str) -> bool:

@@ -326,6 +326,7 @@ def test_an_offer_for_an_item_out_of_stock_is_withdrawn(
     alone = customer.CustomerView(_store(decisions=[pickup]), FULL)
     alone.open("c1")
     assert "none" in alone.offer.object and "Withdrawn" in alone.offer.object
+    assert alone.buttons["send_offer"].disabled and not view.buttons["send_offer"].disabled
     with pytest.raises(CommandError, match="no next-best offer"):
         alone.command_args("send_offer")
 
@@ -521,7 +522,7 @@ def test_manager_finds_a_customer_sees_it_live_and_sends_commands(
         # An unknown id: the customer shown before (PII included) goes away.
         email = next(iter(EMAIL.findall(page.evaluate(DEEP_TEXT))), None)
         assert email, "the manager sees the customer's email"
-        page.locator(".c360-customer-id input").fill("cust-99999")
+        page.locator(".c360-customer-id input").fill("cust-99999", timeout=60_000)
         page.locator(".c360-customer-id input").press("Enter")
         expect(page.locator(".c360-card360")).to_contain_text(
             "No customer with id cust-99999", timeout=15_000)
