@@ -127,6 +127,17 @@ def format_value(value: Any, limit: int = VALUE_CHARS) -> str:
 
 
 _handled_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+CLOSED_TAB_WRITE = "Failed sending message as connection was closed"  # Panel's own words
+
+
+class _ClosedTabWrites(logging.Filter):
+    """Panel's warning for the same event when it does await the write: a debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(CLOSED_TAB_WRITE):
+            log.debug("a browser tab went away during a write (Panel: %s)", record.getMessage())
+            return False
+        return True
 
 
 def handle_closed_tabs(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -136,11 +147,15 @@ def handle_closed_tabs(loop: asyncio.AbstractEventLoop | None = None) -> None:
     When a tab closes while the server writes to it, Tornado fails that write with
     ``WebSocketClosedError``; Panel then destroys the session and drops its pending
     writes without looking at their outcome, so asyncio logged "Task exception was never
-    retrieved" with two tracebacks, several times a minute as tabs came and went. Nothing
-    is lost: the tab is gone. Every other unretrieved error goes to the previous handler.
+    retrieved" with two tracebacks, several times a minute as tabs came and went (and
+    when Panel does await the write, it logs a warning). Nothing is lost: the tab is
+    gone. Every other unretrieved error goes to the previous handler.
     """
     from tornado.websocket import WebSocketClosedError
 
+    panel_log = logging.getLogger("panel.io.document")
+    if not any(isinstance(f, _ClosedTabWrites) for f in panel_log.filters):
+        panel_log.addFilter(_ClosedTabWrites())
     if loop is None:
         try:
             loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ checks that it exits 0 and takes its broker with it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -122,7 +123,7 @@ def test_stream_counts_reach_every_view_even_rows_that_never_change_again() -> N
     assert _shown_counts(pn.panel(page).get_root()) == expected
 
 
-def test_a_write_to_a_closed_tab_is_not_an_error() -> None:
+def test_a_write_to_a_closed_tab_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
     """A tab that closes while the server writes to it fails that write; Panel drops the
     write's task unretrieved, and asyncio logged it with two tracebacks. On a loop that
     handle_closed_tabs() was given it is a debug line; any other error still reaches the
@@ -157,6 +158,13 @@ def test_a_write_to_a_closed_tab_is_not_an_error() -> None:
     finally:
         loop.close()
     assert reported == [ValueError]
+    # Panel's warning when it awaited such a write is not a warning either; others still are.
+    panel_log = logging.getLogger("panel.io.document")
+    with caplog.at_level(logging.WARNING):
+        panel_log.warning("Failed sending message as connection was closed")
+        panel_log.warning("Failed sending message due to following error: boom")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Failed sending message due to following error: boom"]
 
 
 def test_the_feed_has_stopped_reading_kafka_when_stop_returns(settings: Settings) -> None:
