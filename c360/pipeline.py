@@ -175,7 +175,8 @@ class Pipeline:
     @property
     def as_of(self) -> datetime | None:
         """After a bounded run: the event time every customer was aged to (the latest event
-        time read); the customers' ``as_of`` field. None when it did not end on idleness."""
+        time read; also ``store.as_of``, a column of exports). None when it did not end on
+        idleness."""
         return self.source.as_of if self.source is not None else None
 
     def ensure_topics(self) -> None:
@@ -206,6 +207,7 @@ class Pipeline:
             if cause is exc:
                 raise
             raise cause from None
+        self.store.as_of = self.as_of
         return self.store
 
     def start(self) -> Pipeline:
@@ -221,6 +223,7 @@ class Pipeline:
             try:
                 cluster_main(flow, self.addresses, self.process_id,
                              worker_count_per_proc=self.workers, **options)
+                self.store.as_of = self.as_of
             except BaseException as exc:  # surfaced by stop() and alive()
                 self.error = c360_cause(exc)
                 log.exception("the customer-360 dataflow stopped with an error")
@@ -257,12 +260,12 @@ def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
     """Consume every stream topic from the beginning until idle for ``idle`` seconds.
 
     Returns the store; with ``export``, also writes one row per customer there. Every
-    customer is aged to the latest event time read and carries it as ``as_of``
-    (docs/event-time.md).
+    customer is aged to the latest event time read, ``store.as_of`` (an ``as_of`` column
+    of the export; docs/event-time.md).
     """
     pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle)
     pipeline.run()
-    log.info("input ended; every customer is as of %s (its as_of field)", pipeline.as_of)
+    log.info("input ended; every customer is as of %s", pipeline.as_of)
     if export is not None:
         pipeline.store.export(export)
     return pipeline.store

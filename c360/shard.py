@@ -257,10 +257,6 @@ class Shard:
         at = _at(ts)
         notes: list[tuple[str, dict[str, Any]]] = []
         changes = hooks.sweep(state, at, notes, final)
-        if final:
-            changes = dict(changes or {})
-            changes["as_of"] = at
-            state.fields["as_of"] = at
         if changes is None and not notes:
             return
         state.version += 1
@@ -271,7 +267,8 @@ class Shard:
 
     def finish(self, as_of: float | None = None) -> list[Delta | Lifecycle]:
         """End of input: age every customer to ``as_of`` (default: the latest event time of
-        every source partition that ended), deadlines first; each gets ``as_of``."""
+        every source partition that ended), deadlines first. (A customer whose windows do
+        not move, its latest event being on that day, gets no delta.)"""
         if as_of is None:
             if not self.ended:
                 return []

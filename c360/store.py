@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ class EntityStore:
         self.lifecycle_counts: Counter[str] = Counter()
         self.stale_deltas = 0  # deltas at or below the version held (replays); dropped
         self.updated_at = 0.0
+        # After a bounded run: the event time every customer was aged to (the end of the
+        # data, docs/event-time.md); exports carry it as a column.
+        self.as_of: datetime | None = None
 
     # -- writing (the dataflow's sink) ------------------------------------------------------
     def apply(self, deltas: Iterable[Delta | Lifecycle]) -> None:
@@ -262,9 +266,14 @@ class EntityStore:
             enc = msgspec.json.Encoder()
             with path.open("wb") as out:
                 for e in sorted(self.entities(kind), key=lambda e: e["id"]):
-                    out.write(enc.encode(_exported(e)) + b"\n")
+                    row = _exported(e)
+                    if self.as_of is not None:
+                        row["as_of"] = self.as_of
+                    out.write(enc.encode(row) + b"\n")
             return path
         df = self.dataframe(kind)
+        if self.as_of is not None:
+            df["as_of"] = self.as_of
         df = df.rename(columns={"id": f"{kind}_id"}).sort_values(f"{kind}_id")
         # Tables hold scalars; lists and nested records stay in the .jsonl export.
         nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (list, dict))).any()]

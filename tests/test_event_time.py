@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -354,7 +355,8 @@ def _lagging(items: list[Item], stream: str, lag: timedelta) -> list[Item]:
     return [it for *_, it in sorted(keyed, key=lambda k: k[:3])]
 
 
-def test_the_same_events_in_any_arrival_order_give_the_same_answer(settings: Settings) -> None:
+def test_the_same_events_in_any_arrival_order_give_the_same_answer(
+        settings: Settings, tmp_path: Path) -> None:
     """Topics filled one after the other, or interleaved in event time, or with one stream
     a day behind: the same export, versions and decisions included, and the same global
     windows (with 1 and 2 workers)."""
@@ -370,7 +372,11 @@ def test_the_same_events_in_any_arrival_order_give_the_same_answer(settings: Set
         _produce(s, order)
         pipeline = Pipeline(s, EntityStore(), idle_timeout=3, workers=workers)
         pipeline.run()
-        assert pipeline.as_of == max(it[2].event_time for it in items)
+        end = max(it[2].event_time for it in items)
+        assert pipeline.as_of == pipeline.store.as_of == end  # the run says what it is as of
+        export = pipeline.store.export(tmp_path / f"{len(answers)}.jsonl")
+        rows = [msgspec.json.decode(line) for line in export.read_bytes().splitlines()]
+        assert rows and {r["as_of"] for r in rows} == {end.isoformat().replace("+00:00", "Z")}
         answers.append(_answer(pipeline.store))
     entities, globals_ = answers[0]
     assert len(entities) > 40 and len(globals_) == 7

@@ -145,7 +145,7 @@ def test_quiet_customers_decay_roll_up_and_are_evicted_without_events() -> None:
     out += shard.finish(as_of=(START + timedelta(days=98)).timestamp())
     quiet = shard.entity("quiet")
     assert quiet is not None and quiet["category_affinity"] == {"books": round(0.5 ** 7, 4)}
-    assert quiet["as_of"] == START + timedelta(days=98)
+    assert quiet["as_of_day"] == (START + timedelta(days=98)).date()
     mine = [d for d in out if d.entity_id == "quiet"]
     kinds = {d.type for d in mine if isinstance(d, Lifecycle)}
     assert {"decayed", "rolled_up", "evicted", "segment_entered"} <= kinds
