@@ -258,7 +258,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     progress.stop(ok=True)
     if export is not None:
-        store.export(export)
+        try:
+            store.export(export)
+        except OSError as exc:  # checked before the run; a disk can still fill up since
+            raise C360Error(f"cannot write the export {export}: {exc.strerror or exc}") from None
     print(f"{store.count('customer')} customers, {store.count('product')} products"
           + (f"; exported to {export}" if export else ""))
     return 0
