@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--customers", type=_whole(1), default=1000, metavar="N",
                    help="customers in the simulated shop (default 1000)")
     s.add_argument("--rate", type=_seconds(zero=True), default=1000.0,
-                   help="events per second (0: flat out)")
+                   help="events per second (default 1000; 0: flat out)")
     stop = s.add_mutually_exclusive_group()
     stop.add_argument("--duration", type=_seconds(zero=False), default=None,
                       help="seconds to run")
@@ -505,13 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Everything at once until Ctrl-C: the embedded broker (or "
                                    "C360_KAFKA_BOOTSTRAP's cluster), a simulated shop, the "
                                    "dataflow, the live page, the dashboard and the sync server.")
-    d.add_argument("--port", type=_PORT, default=5006, help="web port (0: a free one)")
+    d.add_argument("--port", type=_PORT, default=5006,
+                   help="web port (default 5006; 0: a free one)")
     d.add_argument("--customers", type=_whole(1), default=500, metavar="N",
                    help="customers in the simulated shop (default 500)")
     d.add_argument("--rate", type=_seconds(zero=False), default=200.0,
-                   help="simulated events per second")
+                   help="simulated events per second (default 200)")
     d.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    d.add_argument("--sync-port", type=_PORT, default=0,
+    d.add_argument("--sync-port", type=_PORT, default=0, metavar="PORT",
                    help="port of the sync WebSocket server (default: a free one)")
     d.set_defaults(func=_cmd_demo)
 
