@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,48 +64,47 @@ class RecordingStore(EntityStore):
         super().apply(deltas)
 
 
-def _consumer(settings: Settings) -> Consumer:
-    return Consumer({**settings.librdkafka(), "group.id": f"oracle-{uuid.uuid4().hex[:6]}",
-                     "enable.auto.commit": False})
+def read_topic(settings: Settings, topic: str, timeout: float = 120.0
+               ) -> list[tuple[int, int, bytes, bytes]]:
+    """(partition, offset, key, value) of every record of ``topic``, in partition order.
 
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    c = _consumer(settings)
+    Read to each partition's end as the fetch responses report it (partition-EOF events):
+    the embedded broker's listed end offsets are wrong (c360/broker.py), those are right.
+    """
+    c = Consumer({**settings.librdkafka(), "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    out: list[tuple[int, int, bytes, bytes]] = []
     try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: no end reported within {timeout:.0f}s")
+            for m in c.consume(10_000, timeout=1):
+                if m.error() is None:
+                    out.append((m.partition(), m.offset(), m.key(), m.value()))
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition())
+                else:
+                    raise RuntimeError(f"{topic}: {m.error()}")
     finally:
         c.close()
+    return sorted(out, key=lambda r: (r[0], r[1]))
 
 
-def read_since(settings: Settings, topic: str, since: dict[int, int]
-               ) -> list[tuple[int, bytes, bytes]]:
-    until = end_offsets(settings, topic)
-    c = _consumer(settings)
-    out: list[tuple[int, bytes, bytes]] = []
-    try:
-        for p, hi in until.items():
-            lo = since.get(p, 0)
-            got = 0
-            if hi > lo:
-                c.assign([TopicPartition(topic, p, lo)])
-            while got < hi - lo:
-                msgs = c.consume(10_000, timeout=10)
-                if not msgs:
-                    raise RuntimeError(f"{topic}[{p}]: {got} of {hi - lo} records, then none")
-                for m in msgs:
-                    if m.offset() < hi:
-                        out.append((p, m.key(), m.value()))
-                        got += 1
-    finally:
-        c.close()
+def next_offsets(records: list[tuple[int, int, bytes, bytes]]) -> dict[int, int]:
+    """Per partition, the offset after the last record read."""
+    out: dict[int, int] = {}
+    for p, offset, _, _ in records:
+        out[p] = max(out.get(p, 0), offset + 1)
     return out
 
 
 def one_run(settings: Settings, workers: int, idle: float, out: Path) -> dict[str, Any]:
     decisions_topic = Catalogue(settings.topic_prefix).decisions_topic
-    before = end_offsets(settings, decisions_topic)
+    before = next_offsets(read_topic(settings, decisions_topic))
     store = RecordingStore()
     pipeline = Pipeline(settings, store, workers=workers, idle_timeout=idle)
     started = time.monotonic()
@@ -113,8 +112,9 @@ def one_run(settings: Settings, workers: int, idle: float, out: Path) -> dict[st
     seconds = time.monotonic() - started
     store.export(out)
     decided: dict[str, list[bytes]] = defaultdict(list)
-    for _, key, value in read_since(settings, decisions_topic, before):
-        decided[key.decode()].append(value)
+    for p, offset, key, value in read_topic(settings, decisions_topic):
+        if offset >= before.get(p, 0):  # this run's
+            decided[key.decode()].append(value)
     rows = {r["customer_id"]: r for r in map(msgspec.json.decode, out.read_bytes().splitlines())}
     return {"workers": workers, "seconds": seconds, "as_of": getattr(pipeline, "as_of", None),
             "export": out.read_bytes(), "rows": rows, "globals": store.global_deltas,

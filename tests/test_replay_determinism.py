@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from c360.broker import EmbeddedBroker
 from c360.config import REPO_ROOT, Settings
@@ -24,40 +25,41 @@ from c360.events import Catalogue
 from c360.olist import replay
 
 
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    c = Consumer({**settings.librdkafka(), "group.id": f"offsets-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}
-    finally:
-        c.close()
+def read_topic(settings: Settings, topic: str, timeout: float = 120.0
+               ) -> list[tuple[int, int, bytes, bytes]]:
+    """(partition, offset, key, value) of every record of ``topic``, in partition order.
 
-
-def read_since(settings: Settings, topic: str, since: dict[int, int]
-               ) -> list[tuple[int, bytes, bytes]]:
-    """(partition, key, value) of every record written after offsets ``since``, in order."""
-    until = end_offsets(settings, topic)
+    Read to each partition's end as the fetch responses report it (partition-EOF events):
+    the embedded broker's listed end offsets are wrong (c360/broker.py), those are right.
+    """
     c = Consumer({**settings.librdkafka(), "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
-    out: list[tuple[int, bytes, bytes]] = []
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    out: list[tuple[int, int, bytes, bytes]] = []
     try:
-        for p, hi in until.items():
-            lo = since.get(p, 0)
-            if hi <= lo:
-                continue
-            c.assign([TopicPartition(topic, p, lo)])
-            got = 0
-            while got < hi - lo:
-                msgs = c.consume(10_000, timeout=10)
-                assert msgs, f"{topic}[{p}]: {got} of {hi - lo} records read, then nothing"
-                for m in msgs:
-                    if m.offset() < hi:
-                        out.append((p, m.key(), m.value()))
-                        got += 1
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: no end reported within {timeout:.0f}s")
+            for m in c.consume(10_000, timeout=1):
+                if m.error() is None:
+                    out.append((m.partition(), m.offset(), m.key(), m.value()))
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition())
+                else:
+                    raise RuntimeError(f"{topic}: {m.error()}")
     finally:
         c.close()
+    return sorted(out, key=lambda r: (r[0], r[1]))
+
+
+def next_offsets(records: list[tuple[int, int, bytes, bytes]]) -> dict[int, int]:
+    """Per partition, the offset after the last record read."""
+    out: dict[int, int] = {}
+    for p, offset, _, _ in records:
+        out[p] = max(out.get(p, 0), offset + 1)
     return out
 
 
@@ -72,7 +74,7 @@ def replayed(broker: EmbeddedBroker) -> Settings:
 def _run(settings: Settings, out: Path) -> tuple[bytes, dict[str, list[bytes]]]:
     """One bounded CLI run: the export's bytes and each customer's decisions, in order."""
     decisions = Catalogue(settings.topic_prefix).decisions_topic
-    before = end_offsets(settings, decisions)
+    before = next_offsets(read_topic(settings, decisions))
     env = {**os.environ, "C360_TOPIC_PREFIX": settings.topic_prefix}
     for name in ("C360_KAFKA_BOOTSTRAP", "C360_ALLOWED_LATENESS_S"):
         env.pop(name, None)
@@ -82,8 +84,9 @@ def _run(settings: Settings, out: Path) -> tuple[bytes, dict[str, list[bytes]]]:
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     per_customer: dict[str, list[bytes]] = defaultdict(list)
-    for _, key, value in read_since(settings, decisions, before):
-        per_customer[key.decode()].append(value)
+    for p, offset, key, value in read_topic(settings, decisions):
+        if offset >= before.get(p, 0):  # this run's
+            per_customer[key.decode()].append(value)
     return out.read_bytes(), dict(per_customer)
 
 
