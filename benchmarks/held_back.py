@@ -28,10 +28,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,7 +47,13 @@ START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
 def produce(settings: Settings, items: list[tuple[str, str, ev.Event]], held: str | None,
             lag: timedelta) -> None:
-    """Every item, in order, except ``held``'s, which trail the others by ``lag``."""
+    """Every item, in order, except ``held``'s, which trail the others by ``lag``.
+
+    The held stream falls behind gradually (at half the others' pace until it is ``lag``
+    behind): a producer that only started a day late would leave its topic empty, hence
+    idle (docs/event-time.md rule 3), for the first day, and its events would then be
+    judged against the others' clock, i.e. late. A slow producer is never empty.
+    """
     from kafka import KafkaProducer
 
     cat = ev.Catalogue(settings.topic_prefix)
@@ -63,7 +70,10 @@ def produce(settings: Settings, items: list[tuple[str, str, ev.Event]], held: st
             waiting.append(item)
             continue
         now = item[2].event_time
-        while waiting and waiting[0][2].event_time <= now - lag:
+        while waiting:
+            t = waiting[0][2].event_time
+            if now < t + min(lag, t - START):
+                break
             send(waiting.popleft())
         send(item)
     while waiting:
@@ -102,7 +112,30 @@ def run_dataflow(settings: Settings, items: list, held: str | None, lag: timedel
         raise SystemExit(f"c360 run failed ({child.returncode}): {err[-2000:]}")
     produced_s = max((s for s, _, p in samples if p), default=0.0)
     return {"samples": samples, "seconds": time.monotonic() - t0, "produced_s": produced_s,
-            "summary": out.strip().splitlines()[-1] if out.strip() else ""}
+            "summary": out.strip().splitlines()[-1] if out.strip() else "",
+            "late": count_records(settings, cat.late_topic)}
+
+
+def count_records(settings: Settings, topic: str) -> int:
+    """Records in ``topic``, read to each partition's end as the fetches report it."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    c = Consumer({**settings.librdkafka(), "group.id": "held-back-count",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        ended: set[int] = set()
+        n = 0
+        while len(ended) < len(parts):
+            for m in c.consume(10_000, timeout=1):
+                if m.error() is None:
+                    n += 1
+                elif m.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition())
+        return n
+    finally:
+        c.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--held", default="orders", help="the stream held back")
     ap.add_argument("--lag", type=float, default=86_400.0, help="held back by (event-time s)")
     ap.add_argument("--every", type=float, default=2.0, help="RSS sample interval (s)")
+    ap.add_argument("--out", type=Path, default=None, help="keep both exports there")
     args = ap.parse_args(argv)
     if args.events < 1 or args.tick <= 0 or args.lag < 0:
         print("held_back: --events and --tick must be positive, --lag not negative",
@@ -126,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
           f"held back {timedelta(seconds=args.lag)}", flush=True)
     lag = timedelta(seconds=args.lag)
     results = {}
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for i, (name, stream) in enumerate((("held back", args.held), ("in step", None))):
             s = Settings(bootstrap=broker.bootstrap, partitions=2, topic_prefix=f"hb{i}.")
             results[name] = r = run_dataflow(s, items, stream, lag, args.every,
@@ -135,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             during = [m for _, m, p in r["samples"] if p]
             half = [m for t, m, p in r["samples"] if p and t >= r["produced_s"] / 2]
             print(f"\n{name}: {r['summary']}; {r['seconds']:.0f}s, producing "
-                  f"{r['produced_s']:.0f}s", flush=True)
+                  f"{r['produced_s']:.0f}s; {r['late']:,} events to the late topic", flush=True)
             print(f"  RSS MB: peak {max(rss):.0f}, end {rss[-1]:.0f}; while producing: first "
                   f"half peak {max(during[:len(during) - len(half)] or [0]):.0f}, second half "
                   f"peak {max(half or [0]):.0f}")
@@ -148,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         differ = len(set(a) ^ set(b)) // 2
         print(f"\nexports: {'byte-identical' if a == b else 'DIFFERENT'} ({len(a):,} and "
               f"{len(b):,} customers; {differ:,} rows differ)")
+        if a != b:  # which fields (decisions of catalogue rules may: docs/event-time.md)
+            rows = [{r["customer_id"]: r for r in map(msgspec.json.decode, x)} for x in (a, b)]
+            fields: Counter[str] = Counter()
+            for cid, row in rows[0].items():
+                other = rows[1].get(cid, {})
+                fields.update(f for f in row.keys() | other.keys() if row.get(f) != other.get(f))
+            print("  customers differing per field: " + ", ".join(
+                f"{f} {n:,}" for f, n in fields.most_common()))
     return 0
 
 
