@@ -68,7 +68,12 @@ def _push(items: list | None, item: dict, limit: int = RECENT, at: str = "at",
     """A new list with ``item`` in place, newest first by ``item[at]`` (then ``item[tie]``,
     highest first), at most ``limit`` entries: the latest items of the set of events, in
     whatever order they were applied. (In order, the new item goes first: one compare.)"""
-    items = items or ()
+    if not items:
+        return [item]
+    first = items[0]
+    if first[at] < item[at] or (first[at] == item[at] and (
+            not tie or first[tie] <= item[tie])):  # in order: the usual case
+        return [item, *items][:limit]
     key = (item[at], item[tie]) if tie else (item[at], "")
     i = 0
     for other in items:

@@ -165,20 +165,22 @@ class Merge:
     """
 
     def __init__(self, topics: int, idle_s: float, align_max: int) -> None:
-        self.bufs: list[deque[tuple[float, Any]]] = [deque() for _ in range(topics)]
-        self.heads: list[tuple[float, int]] = []  # (head's time, topic) of non-empty buffers
+        # (time, topic, message) per topic partition, in offset order
+        self.bufs: list[deque[tuple[float, int, Any]]] = [deque() for _ in range(topics)]
+        self.heads: list[tuple[float, int, Any]] = []  # the head entry of each non-empty one
         self.idle_s = idle_s
         self.align_max = align_max
         self.ended: list[float | None] = [None] * topics  # monotonic time it reported its end
-        self.last_time = [NO_TIME] * topics  # latest time taken from it: key of unreadable ones
+        self.last_time = [NO_TIME] * topics  # its last time taken: key of unreadable ones
 
     def add(self, topic: int, t: float | None, msg: Any) -> None:
         buf = self.bufs[topic]
         if t is None or t != t:  # unreadable: goes out as soon as it is its topic's head
-            t = self.last_time[topic]
+            t = buf[-1][0] if buf else self.last_time[topic]
+        entry = (t, topic, msg)  # (time, topic) never ties between heads: one per topic
         if not buf:
-            heapq.heappush(self.heads, (t, topic))
-        buf.append((t, msg))
+            heapq.heappush(self.heads, entry)
+        buf.append(entry)
         self.ended[topic] = None  # data again: not idle any more (rejoins the merge)
 
     def at_end(self, topic: int, now: float) -> None:
@@ -209,17 +211,20 @@ class Merge:
         heads, bufs = self.heads, self.bufs
         if not heads or self.waiting_for(now, drain):
             return out, times
-        while heads and len(out) < limit:
-            t, i = heads[0]
+        room = limit - len(out)
+        heapreplace, heappop = heapq.heapreplace, heapq.heappop
+        while heads and room > 0:
+            t, i, msg = heads[0]
             buf = bufs[i]
-            out.append(buf.popleft()[1])
+            buf.popleft()
+            out.append(msg)
             times.append(t)
-            if t > self.last_time[i]:
-                self.last_time[i] = t
+            room -= 1
             if buf:
-                heapq.heapreplace(heads, (buf[0][0], i))
+                heapreplace(heads, buf[0])
             else:
-                heapq.heappop(heads)
+                heappop(heads)
+                self.last_time[i] = t
                 # Its next message may be earlier than the others' heads: wait for it,
                 # unless it is idle (it reported its end long enough ago).
                 if not self.idle(i, now, drain):
