@@ -176,7 +176,10 @@ class Pipeline:
     def as_of(self) -> datetime | None:
         """After a bounded run: the event time every customer was aged to (the latest event
         time read; also ``store.as_of``, a column of exports). None when it did not end on
-        idleness."""
+        idleness, or when aging is off (``EntityHooks(sweep_per_batch=0)``, ``--no-sweep``:
+        windows then stay at each customer's own latest event)."""
+        if self.hooks is not None and (not self.hooks.windows or self.hooks.sweep_per_batch == 0):
+            return None
         return self.source.as_of if self.source is not None else None
 
     def ensure_topics(self) -> None:
