@@ -10,7 +10,7 @@ then produced in step (no stream held back) to a second set of topics and run ag
 the control. Reported: RSS over time for both, each run's peak and the RSS at the end,
 and whether both runs' exports hold the same customers with the same values.
 
-    .venv/bin/python benchmarks/held_back.py                       # 400k events, 1 day lag
+    .venv/bin/python benchmarks/held_back.py       # 400k events at 2k/s, 1 day lag
     .venv/bin/python benchmarks/held_back.py --events 100000 --tick 2
 
 Why it matters: the dataflow must not buffer a day of the other streams' events in memory
@@ -46,13 +46,15 @@ START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
 
 def produce(settings: Settings, items: list[tuple[str, str, ev.Event]], held: str | None,
-            lag: timedelta) -> None:
+            lag: timedelta, rate: float) -> None:
     """Every item, in order, except ``held``'s, which trail the others by ``lag``.
 
     The held stream falls behind gradually (at half the others' pace until it is ``lag``
     behind): a producer that only started a day late would leave its topic empty, hence
     idle (docs/event-time.md rule 3), for the first day, and its events would then be
     judged against the others' clock, i.e. late. A slow producer is never empty.
+    ``rate``: events per second, below what the dataflow sustains, so that it reads live
+    (one topic a day behind) rather than a backlog of complete topics.
     """
     from kafka import KafkaProducer
 
@@ -65,7 +67,12 @@ def produce(settings: Settings, items: list[tuple[str, str, ev.Event]], held: st
         stream, key, event = item
         producer.send(topics[stream], key=key.encode(), value=ev.encode(event))
 
-    for item in items:
+    t0 = time.monotonic()
+    for n, item in enumerate(items):
+        if n % 500 == 0:
+            ahead = n / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
         if item[0] == held:
             waiting.append(item)
             continue
@@ -83,7 +90,7 @@ def produce(settings: Settings, items: list[tuple[str, str, ev.Event]], held: st
 
 
 def run_dataflow(settings: Settings, items: list, held: str | None, lag: timedelta,
-                 every: float, export: Path) -> dict:
+                 rate: float, every: float, export: Path) -> dict:
     """Start the dataflow, produce meanwhile, sample its RSS until it has exported."""
     cat = ev.Catalogue(settings.topic_prefix)
     create_topics(settings, [*cat.input_topics, cat.dlq_topic, cat.late_topic,
@@ -95,7 +102,7 @@ def run_dataflow(settings: Settings, items: list, held: str | None, lag: timedel
          "--bootstrap", settings.bootstrap, "--progress", "never"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(child.pid)
-    producing = threading.Thread(target=produce, args=(settings, items, held, lag))
+    producing = threading.Thread(target=produce, args=(settings, items, held, lag, rate))
     t0 = time.monotonic()
     producing.start()
     samples: list[tuple[float, float, bool]] = []  # (s, RSS MB, still producing)
@@ -145,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tick", type=float, default=1.0, help="event-time seconds per event")
     ap.add_argument("--held", default="orders", help="the stream held back")
     ap.add_argument("--lag", type=float, default=86_400.0, help="held back by (event-time s)")
+    ap.add_argument("--rate", type=float, default=2_000.0, help="events produced per second")
     ap.add_argument("--every", type=float, default=2.0, help="RSS sample interval (s)")
     ap.add_argument("--out", type=Path, default=None, help="keep both exports there")
     args = ap.parse_args(argv)
-    if args.events < 1 or args.tick <= 0 or args.lag < 0:
-        print("held_back: --events and --tick must be positive, --lag not negative",
+    if args.events < 1 or args.tick <= 0 or args.lag < 0 or args.rate <= 0:
+        print("held_back: --events, --tick and --rate must be positive, --lag not negative",
               file=sys.stderr)
         return 2
     items = list(itertools.islice(generate(args.customers, 7, START,
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.mkdir(parents=True, exist_ok=True)
         for i, (name, stream) in enumerate((("held back", args.held), ("in step", None))):
             s = Settings(bootstrap=broker.bootstrap, partitions=2, topic_prefix=f"hb{i}.")
-            results[name] = r = run_dataflow(s, items, stream, lag, args.every,
+            results[name] = r = run_dataflow(s, items, stream, lag, args.rate, args.every,
                                              Path(tmp) / f"{i}.jsonl")
             rss = [m for _, m, _ in r["samples"]]
             during = [m for _, m, p in r["samples"] if p]
