@@ -545,9 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         # Both Kafka clients log every retry of an unreachable broker (kafka-python 21-27
         # lines, librdkafka thousands, measured); c360 raises one error that says what to do.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-        quiet_kafka_clients()
     try:
-        return args.func(args)
+        with quiet_kafka_clients(None if args.verbose else 2):
+            return args.func(args)
     except C360Error as exc:
         print(f"c360: error: {_one_line(exc)}", file=sys.stderr)
         return 2

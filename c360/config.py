@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,11 +76,18 @@ def check_topic_name(name: str, origin: str) -> str:
 _librdkafka_log_level: int | None = None
 
 
-def quiet_kafka_clients(level: int | None = 2) -> None:
-    """Mute librdkafka's log lines below ``level`` in this process (None: its default).
-    c360 reports what goes wrong itself, as exceptions that say what to do."""
+@contextmanager
+def quiet_kafka_clients(level: int | None = 2) -> Iterator[None]:
+    """Mute librdkafka's log lines below ``level`` for the clients made inside this block
+    (None: its default); the level before is restored after it, so a command run in-process
+    (tests, notebooks) leaves no setting behind. c360 reports what goes wrong itself, as
+    exceptions that say what to do."""
     global _librdkafka_log_level
-    _librdkafka_log_level = level
+    before, _librdkafka_log_level = _librdkafka_log_level, level
+    try:
+        yield
+    finally:
+        _librdkafka_log_level = before
 
 
 @dataclass(frozen=True)
