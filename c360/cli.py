@@ -262,7 +262,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             store.export(export)
         except OSError as exc:  # checked before the run; a disk can still fill up since
             raise C360Error(f"cannot write the export {export}: {exc.strerror or exc}") from None
-    print(f"{store.count('customer')} customers, {store.count('product')} products"
+    as_of = f" as of {store.as_of.isoformat()} (event time)" if store.as_of is not None else ""
+    print(f"{store.count('customer')} customers, {store.count('product')} products{as_of}"
           + (f"; exported to {export}" if export else ""))
     return 0
 
@@ -484,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--changes", nargs="?", const="", default=None, metavar="TOPIC",
                    help="publish every entity change to TOPIC (default: PREFIX + 'changes')")
     u.add_argument("--no-sweep", action="store_true",
-                   help="no relevance sweep of quiet customers (its deltas depend on batch "
-                        "timing, so runs are then comparable entity for entity)")
+                   help="do not age quiet customers (no decay, roll-up or eviction without "
+                        "an event of theirs; the export is then not as of the end of the data)")
     u.add_argument("--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
                    help="every dataflow process of a cluster (bytewax -a)")
     u.add_argument("--process-id", type=_whole(0), default=0, metavar="I",
