@@ -198,6 +198,13 @@ class EntityHooks:
         fields = state.fields
         changes = win.sweep(w, watermark, fields, notes)
         fields.update(changes)
+        if self.rules and not rules_mod.CHURN_INPUTS.isdisjoint(changes):
+            # Recency is in days to as_of_day: a customer who stops buying grows more at risk
+            # with no event of theirs (left stale, 26,641 of 26,924 Olist customers kept an
+            # old score at the end of the data and at_risk was wrong for 2,795).
+            score = rules_mod.churn_score(fields)
+            if score != fields.get("churn_risk"):
+                fields["churn_risk"] = changes["churn_risk"] = score
         if self.segments:  # "new" reads the day; dormant is the passing of time itself
             self._segments(fields, changes, notes, swept=quiet >= segments_mod.DORMANT_AFTER)
         if quiet >= win.EVICTED.after:

@@ -154,6 +154,26 @@ def test_quiet_customers_decay_roll_up_and_are_evicted_without_events() -> None:
     assert all(d.stream == "relevance" for d in mine if not isinstance(d, Lifecycle))
 
 
+def test_a_quiet_customers_churn_risk_grows_as_it_is_aged() -> None:
+    """Churn risk reads recency in days to the customer's as_of_day: aging without an event
+    of theirs must move it (it stayed at its last event's value before; wrong for 2,795 Olist
+    customers' at_risk segment at the end of the data)."""
+    from c360.rules import churn_score
+
+    shard = Shard(EntityHooks(), allowed_lateness=timedelta(hours=1))
+    order = ev.Order(event_id="o", event_time=START, customer_id="quiet", order_id="o1",
+                     order_date=START, status="delivered", total_amount=10.0, lines=[])
+    deltas, failed = shard.apply([Routed("orders", "customer", "quiet", order, ("t", 0, 0))],
+                                 first_logic)
+    assert failed == [] and shard.entity("quiet")["churn_risk"] == 0.0
+    shard.finish(as_of=(START + timedelta(days=45)).timestamp())
+    quiet = shard.entity("quiet")
+    assert quiet is not None and quiet["as_of_day"] == (START + timedelta(days=45)).date()
+    # 45 quiet days: recency 45/60, and no order in 30 days after one in 90 (slowing).
+    assert quiet["churn_risk"] == churn_score(quiet) == round(0.5 * 45 / 60 + 0.25, 2)
+    assert "at_risk" in quiet["segments"]
+
+
 def test_a_dormant_customer_keeps_its_summary_and_loses_its_last_visit() -> None:
     """Eviction bounds what a customer holds by time, not by how many events it had: after
     90 quiet days the last visit's detail goes (cart included, so an add starts a new
