@@ -20,6 +20,7 @@ import msgspec
 import pandas as pd
 import pytest
 
+from benchmarks.event_time_oracle import RecordingStore  # the oracle script's recorder
 from c360 import cli, windows
 from c360 import events as ev
 from c360.broker import EmbeddedBroker
@@ -42,7 +43,6 @@ from c360.olist import (
     replay,
 )
 from c360.pipeline import Pipeline
-from c360.store import EntityStore
 
 OLIST = Settings.from_env().olist_dir
 METRICS = ["order_count", "total_spent", "items_bought", "avg_review_score", "last_order_at"]
@@ -317,21 +317,6 @@ def test_replayed_olist_through_kafka_equals_the_pandas_batch(
     # Every column, plain and windowed, segments and churn included, as of the end of the data.
     diff = compare_customers(rows, oracle)
     assert not any(diff.values()), _differing(diff, rows, oracle)
-
-
-class RecordingStore(EntityStore):
-    """The store, also keeping every delta of the global entities (one per closed window):
-    the store itself keeps only the latest 60 minutes of each series."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.global_deltas: list[Delta] = []
-
-    def apply(self, deltas: Any) -> None:
-        deltas = list(deltas)
-        self.global_deltas.extend(d for d in deltas
-                                  if isinstance(d, Delta) and d.kind == "global")
-        super().apply(deltas)
 
 
 @dataclass

@@ -11,59 +11,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from benchmarks.event_time_oracle import next_offsets, read_topic  # one reader for both
 from c360.broker import EmbeddedBroker
 from c360.config import REPO_ROOT, Settings
 from c360.events import Catalogue
 from c360.olist import replay
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 120.0
-               ) -> list[tuple[int, int, bytes, bytes]]:
-    """(partition, offset, key, value) of every record of ``topic``, in partition order.
-
-    Read to each partition's end as the fetch responses report it (partition-EOF events):
-    the embedded broker's listed end offsets are wrong (c360/broker.py), those are right.
-    """
-    c = Consumer({**settings.librdkafka(), "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
-    out: list[tuple[int, int, bytes, bytes]] = []
-    try:
-        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        ended: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(ended) < len(parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: no end reported within {timeout:.0f}s")
-            for m in c.consume(10_000, timeout=1):
-                if m.error() is None:
-                    out.append((m.partition(), m.offset(), m.key(), m.value()))
-                elif m.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(m.partition())
-                else:
-                    raise RuntimeError(f"{topic}: {m.error()}")
-    finally:
-        c.close()
-    return sorted(out, key=lambda r: (r[0], r[1]))
-
-
-def next_offsets(records: list[tuple[int, int, bytes, bytes]]) -> dict[int, int]:
-    """Per partition, the offset after the last record read."""
-    out: dict[int, int] = {}
-    for p, offset, _, _ in records:
-        out[p] = max(out.get(p, 0), offset + 1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def replayed(broker: EmbeddedBroker) -> Settings:
     s = Settings(bootstrap=broker.bootstrap, topic_prefix=f"det{uuid.uuid4().hex[:6]}.",
                  partitions=2)
