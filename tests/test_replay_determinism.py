@@ -24,6 +24,7 @@ from c360.events import Catalogue
 from c360.olist import replay
 
 
+@pytest.fixture(scope="module")
 def replayed(broker: EmbeddedBroker) -> Settings:
     s = Settings(bootstrap=broker.bootstrap, topic_prefix=f"det{uuid.uuid4().hex[:6]}.",
                  partitions=2)
