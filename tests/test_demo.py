@@ -369,18 +369,18 @@ def test_demo_serves_its_pages_offline_and_stops_quietly(artifacts: Path) -> Non
                 landing.locator("a.c360-link-live").click()
                 page = landing  # now the live page
                 version = page.locator(".c360-version")
-                expect(version).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
+                expect(version).to_have_text(re.compile(r"^\d+$"), timeout=120_000)
                 first = version.text_content() or ""
                 assert page.locator(".c360-last-seen").text_content()
                 customer = page.locator(".c360-entity-id").text_content()
                 # The same customer stays selected; its version moves as events arrive.
-                expect(version).not_to_have_text(first, timeout=20_000)
+                expect(version).not_to_have_text(first, timeout=120_000)
                 assert page.locator(".c360-entity-id").text_content() == customer
                 expect(page.locator(".c360-entity-fields")).to_contain_text("last_seen")
                 assert wait_for_glyphs(page, ".c360-chart", ACCENT_RGB) >= 20
                 # Every sign-up stream's count reached the browser (they read 0 for good).
                 shown = _rates_shown(page)
-                deadline = time.monotonic() + 30  # the table is redrawn as it changes
+                deadline = time.monotonic() + 120  # redrawn as it changes; generous for busy CI
                 while not all(shown.get(s, 0) > 0 for s in SIGNUP_STREAMS):
                     assert time.monotonic() < deadline, f"the live page shows {shown}"
                     page.wait_for_timeout(500)

@@ -96,7 +96,7 @@ def glyph_pixels(page: Any, selector: str, rgb: tuple[int, int, int]) -> int:
 
 
 def wait_for_glyphs(page: Any, selector: str, rgb: tuple[int, int, int],
-                    timeout_ms: int = 30_000) -> int:
+                    timeout_ms: int = 120_000) -> int:
     """Until a canvas inside ``selector`` shows at least 20 pixels of ``rgb``; returns them."""
     page.wait_for_function(f"(rgb) => ({_INK_JS})(({_DEEP_JS})({selector!r}), rgb) >= 20",
                            arg=list(rgb), timeout=timeout_ms, polling=500)
