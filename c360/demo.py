@@ -22,6 +22,7 @@ is local and its dashboard sessions have full access.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import logging
@@ -345,8 +346,36 @@ def _shutdown(simulator: _SimulatorThread | None, server: Any, feed_reset: Calla
     return code
 
 
+class _OurCancellations(logging.Filter):
+    """Stopping Panel's server cancels every task on its loop: a websocket message waiting
+    for its document's lock and a periodic callback's sleep then end in ``CancelledError``,
+    which Tornado and Bokeh log as errors with tracebacks (a fresh-clone CI run saw two at
+    Ctrl-C). We asked for those cancellations; they are debug lines while we stop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        ours = (isinstance(exc, asyncio.CancelledError)
+                or text.startswith("Error thrown from periodic callback")
+                or text.rstrip().endswith("CancelledError"))
+        if ours:
+            log.debug("cancelled while stopping the web server: %s", text.splitlines()[0])
+        return not ours
+
+
+STOPPING_LOGS = ("tornado.application", "bokeh.util.tornado", "bokeh.server.protocol_handler",
+                 "bokeh.server.views.ws")
+
+
 def _stop_web_server(server: Any) -> None:
     """Stop Panel's server thread (it cancels the sessions' tasks, then stops its loop)."""
-    with contextlib.suppress(RuntimeError):  # "already stopping"
-        server.stop()
-    server.join(STOP_TIMEOUT)
+    quiet = _OurCancellations()
+    for name in STOPPING_LOGS:
+        logging.getLogger(name).addFilter(quiet)
+    try:
+        with contextlib.suppress(RuntimeError):  # "already stopping"
+            server.stop()
+        server.join(STOP_TIMEOUT)
+    finally:
+        for name in STOPPING_LOGS:
+            logging.getLogger(name).removeFilter(quiet)

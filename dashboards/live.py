@@ -153,9 +153,11 @@ def handle_closed_tabs(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """
     from tornado.websocket import WebSocketClosedError
 
-    panel_log = logging.getLogger("panel.io.document")
-    if not any(isinstance(f, _ClosedTabWrites) for f in panel_log.filters):
-        panel_log.addFilter(_ClosedTabWrites())
+    # Panel logs it when it awaits the write, Bokeh's websocket handler when it does.
+    for name in ("panel.io.document", "bokeh.server.views.ws"):
+        writer_log = logging.getLogger(name)
+        if not any(isinstance(f, _ClosedTabWrites) for f in writer_log.filters):
+            writer_log.addFilter(_ClosedTabWrites())
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
