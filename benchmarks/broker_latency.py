@@ -1,7 +1,7 @@
 """The latency floor without c360: produce -> a bare consumer on the embedded broker.
 
 Section 4 of ``c360 bench`` measures produce -> store -> client. This is its baseline:
-the same paced producer (``c360.bench.paced.paced``, event time stamped when the event is
+the same paced producer (``benchmarks.harness.paced.paced``, event time stamped when the event is
 created) and one plain confluent-kafka consumer over every stream topic, no dataflow. If
 this already lags at a rate, the pipeline cannot do better there.
 
@@ -19,10 +19,10 @@ import time
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-from c360.bench.paced import PARTITIONS, prepare
-from c360.broker import EmbeddedBroker
+from benchmarks.harness.paced import PARTITIONS, prepare
+from c360.dev.broker import EmbeddedBroker
 from c360.errors import InvalidEvent
-from c360.events import Catalogue
+from c360.model.events import Catalogue
 
 PREFIX = "lat."
 
@@ -54,7 +54,7 @@ def measure(bootstrap: str, rate: float, seconds: float) -> dict[str, float]:
     reader.start()
     time.sleep(2)  # assigned and fetching before the first event
     # The producer in its own process, as in section 4 (no GIL shared with the consumer).
-    code = ("import json; from c360.bench.paced import paced; "
+    code = ("import json; from benchmarks.harness.paced import paced; "
             f"print(json.dumps(paced({bootstrap!r}, {PREFIX!r}, {rate}, {seconds}, 5000)))")
     produced = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
                                          capture_output=True, text=True).stdout)

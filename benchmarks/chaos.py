@@ -21,7 +21,7 @@ So every run here allows ``--lateness`` seconds (default: 3 years, the Olist spa
 no event is too late. (That, not a short read, is why an earlier version's reference
 run looked short: most of its Olist events were "too late".)
 
-A replica (``c360.replica``) follows the entity-changes topic through every run and a
+A replica (``c360.store.replica``) follows the entity-changes topic through every run and a
 subscriber on it checks that no entity's version ever goes backwards or repeats. For each
 restart it reports the seconds until the new run published its first change (the store
 rebuilt from the recovery snapshot) and until it had published, for every entity, at
@@ -64,18 +64,18 @@ from typing import Any
 
 import msgspec
 
-from c360 import events as ev
-from c360.broker import EmbeddedBroker, create_topics
 from c360.config import REPO_ROOT, Settings
-from c360.delta import Delta
-from c360.events import Catalogue
-from c360.hooks import EntityHooks
-from c360.olist import events as olist_events
-from c360.olist import load
-from c360.pipeline import Pipeline
-from c360.replica import ChangesReplica
-from c360.simulator import simulate
-from c360.store import EntityStore
+from c360.dev.broker import EmbeddedBroker, create_topics
+from c360.dev.olist import events as olist_events
+from c360.dev.olist import load
+from c360.dev.simulator import simulate
+from c360.entity.derive import EntityHooks
+from c360.model import events as ev
+from c360.model.delta import Delta
+from c360.model.events import Catalogue
+from c360.run.pipeline import Pipeline
+from c360.store.memory import EntityStore
+from c360.store.replica import ChangesReplica
 
 # Fields whose value depends on the interleaving of the stream topics, not on the events.
 ARRIVAL_DEPENDENT = frozenset({"decisions"})

@@ -39,10 +39,10 @@ from bokeh.util.token import generate_jwt_token, generate_session_id
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from c360.broker import EmbeddedBroker, create_topics, free_port, wait_for_port
 from c360.config import Settings
-from c360.events import Catalogue
-from c360.simulator import simulate
+from c360.dev.broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from c360.dev.simulator import simulate
+from c360.model.events import Catalogue
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL_S = 10.0  # every session must receive updates in every interval this long

@@ -4,9 +4,9 @@ Issue 13's acceptance as a script: replays the Olist files into a fresh embedded
 runs the dataflow to the end of its input with the default settings (1 h lateness, sweep
 on) ``--runs`` times (workers from ``--workers``, in turn), and reports
 
-* per run: every per-customer column of the export against ``c360.olist.batch_customers``
+* per run: every per-customer column of the export against ``c360.dev.olist.batch_customers``
   (as of the end of the data; how many customers differ per column) and every global
-  per-minute and five-minute window against ``c360.olist.batch_windows`` (expected,
+  per-minute and five-minute window against ``c360.dev.olist.batch_windows`` (expected,
   closed, missing, extra, closed twice, differing);
 * across runs: whether the exports (versions included) and the decisions topic's
   records (per customer, in order) are byte-identical.
@@ -33,11 +33,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from c360.broker import EmbeddedBroker  # noqa: E402
 from c360.config import Settings  # noqa: E402
-from c360.delta import Delta  # noqa: E402
-from c360.events import Catalogue  # noqa: E402
-from c360.olist import (  # noqa: E402
+from c360.dev.broker import EmbeddedBroker  # noqa: E402
+from c360.dev.olist import (  # noqa: E402
     ORACLE_COLUMNS,
     batch_customers,
     batch_windows,
@@ -46,8 +44,10 @@ from c360.olist import (  # noqa: E402
     end_of_data,
     replay,
 )
-from c360.pipeline import Pipeline  # noqa: E402
-from c360.store import EntityStore  # noqa: E402
+from c360.model.delta import Delta  # noqa: E402
+from c360.model.events import Catalogue  # noqa: E402
+from c360.run.pipeline import Pipeline  # noqa: E402
+from c360.store.memory import EntityStore  # noqa: E402
 
 
 class RecordingStore(EntityStore):
@@ -69,7 +69,7 @@ def read_topic(settings: Settings, topic: str, timeout: float = 120.0
     """(partition, offset, key, value) of every record of ``topic``, in partition order.
 
     Read to each partition's end as the fetch responses report it (partition-EOF events):
-    the embedded broker's listed end offsets are wrong (c360/broker.py), those are right.
+    the embedded broker's listed end offsets are wrong (c360/dev/broker.py), those are right.
     """
     c = Consumer({**settings.librdkafka(), "group.id": f"read-{uuid.uuid4().hex[:6]}",
                   "enable.auto.commit": False, "enable.partition.eof": True})

@@ -1,6 +1,6 @@
 """Memory of the dataflow while one topic is held back a day of event time.
 
-A producer writes the simulated shop's events (``c360.simulator.generate``, ``--tick`` of
+A producer writes the simulated shop's events (``c360.dev.simulator.generate``, ``--tick`` of
 event time per event) to the embedded broker as fast as it can, except one stream
 (``--held``, default ``orders``), whose events it holds back and writes only once the
 others' event time is ``--lag`` (default one day) past them: that stream's producer runs a
@@ -37,10 +37,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from c360 import events as ev  # noqa: E402
-from c360.broker import EmbeddedBroker, create_topics  # noqa: E402
 from c360.config import REPO_ROOT, Settings  # noqa: E402
-from c360.simulator import generate  # noqa: E402
+from c360.dev.broker import EmbeddedBroker, create_topics  # noqa: E402
+from c360.dev.simulator import generate  # noqa: E402
+from c360.model import events as ev  # noqa: E402
 
 START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 

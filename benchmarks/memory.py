@@ -1,6 +1,6 @@
 """Entity memory over a long accelerated simulation: does it stay flat after warm-up?
 
-Runs the simulated retailer (``c360.simulator.generate``) through the same shards the
+Runs the simulated retailer (``c360.dev.simulator.generate``) through the same shards the
 dataflow uses -- folds, first logic, windows of relevance, rules, segments and the
 sweep -- in event-time-accelerated mode (``--tick`` of event time per event), and
 samples the size of the entity state as it goes. Kafka and bytewax are left out on
@@ -11,7 +11,7 @@ purpose: this measures what the entities hold, not the broker's or the runtime's
 
 Warm-up is each customer's own: a customer's state grows as it meets each kind of event
 for the first time (first order, first payment, a wishlist, months of spend) and as its
-windows fill, until every bound of ``c360.windows`` holds. The default run gives each of
+windows fill, until every bound of ``c360.entity.windows`` holds. The default run gives each of
 100,000 customers 200 events over 4.75 years of event time (7.5 s per event), twice the
 longest window (24 months of roll-ups). At 50 events per customer (5M events) most
 customers are still warming up at the midpoint; docs/analytics.md has both runs.
@@ -38,12 +38,12 @@ from pympler import asizeof
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from c360.hooks import EntityHooks  # noqa: E402
-from c360.logic import first_logic  # noqa: E402
-from c360.pipeline import tune_gc  # noqa: E402
-from c360.rules import Decision  # noqa: E402
-from c360.shard import Routed, Shard, shard_of  # noqa: E402
-from c360.simulator import generate  # noqa: E402
+from c360.dev.simulator import generate  # noqa: E402
+from c360.entity.derive import EntityHooks  # noqa: E402
+from c360.entity.logic import first_logic  # noqa: E402
+from c360.entity.rules import Decision  # noqa: E402
+from c360.entity.shard import Routed, Shard, shard_of  # noqa: E402
+from c360.run.pipeline import tune_gc  # noqa: E402
 
 SHARDS = 16
 BATCH = 2_000

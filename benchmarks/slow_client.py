@@ -27,10 +27,10 @@ import msgspec
 import psutil
 import websockets
 
-from c360.broker import EmbeddedBroker
 from c360.config import Settings
-from c360.pipeline import Pipeline
-from c360.simulator import simulate
+from c360.dev.broker import EmbeddedBroker
+from c360.dev.simulator import simulate
+from c360.run.pipeline import Pipeline
 from c360.sync import SyncServer, TokenBook
 
 

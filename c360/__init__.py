@@ -17,21 +17,21 @@ from c360.config import Settings
 from c360.errors import BrokerError, C360Error, ConfigError, DataError, InvalidEvent
 
 _LAZY = {
-    "EmbeddedBroker": "c360.broker",
-    "create_topics": "c360.broker",
-    "embedded_broker": "c360.broker",
-    "kafka_for": "c360.broker",
-    "Delta": "c360.delta",
-    "Catalogue": "c360.events",
-    "encode": "c360.events",
-    "chain": "c360.logic",
-    "first_logic": "c360.logic",
-    "Pipeline": "c360.pipeline",
-    "run_until_idle": "c360.pipeline",
-    "ChangesReplica": "c360.replica",
-    "replica_from_kafka": "c360.replica",
-    "EntityStore": "c360.store",
-    "Subscription": "c360.store",
+    "EmbeddedBroker": "c360.dev.broker",
+    "create_topics": "c360.dev.broker",
+    "embedded_broker": "c360.dev.broker",
+    "kafka_for": "c360.dev.broker",
+    "Delta": "c360.model.delta",
+    "Catalogue": "c360.model.events",
+    "encode": "c360.model.events",
+    "chain": "c360.entity.logic",
+    "first_logic": "c360.entity.logic",
+    "Pipeline": "c360.run.pipeline",
+    "run_until_idle": "c360.run.pipeline",
+    "ChangesReplica": "c360.store.replica",
+    "replica_from_kafka": "c360.store.replica",
+    "EntityStore": "c360.store.memory",
+    "Subscription": "c360.store.memory",
     "Replica": "c360.sync",
     "SyncServer": "c360.sync",
     "TokenBook": "c360.sync",
@@ -40,13 +40,13 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from c360.broker import EmbeddedBroker, create_topics, embedded_broker, kafka_for
-    from c360.delta import Delta
-    from c360.events import Catalogue, encode
-    from c360.logic import chain, first_logic
-    from c360.pipeline import Pipeline, run_until_idle
-    from c360.replica import ChangesReplica, replica_from_kafka
-    from c360.store import EntityStore, Subscription
+    from c360.dev.broker import EmbeddedBroker, create_topics, embedded_broker, kafka_for
+    from c360.entity.logic import chain, first_logic
+    from c360.model.delta import Delta
+    from c360.model.events import Catalogue, encode
+    from c360.run.pipeline import Pipeline, run_until_idle
+    from c360.store.memory import EntityStore, Subscription
+    from c360.store.replica import ChangesReplica, replica_from_kafka
     from c360.sync import Replica, SyncServer, TokenBook, connect, local
 
 

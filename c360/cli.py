@@ -114,7 +114,7 @@ def _export_path(text: str) -> Path:
 
 def _cluster(args: argparse.Namespace) -> Settings:
     """The settings with the cluster to use, checked: it answers within 5 s."""
-    from c360.broker import check_reachable
+    from c360.dev.broker import check_reachable
 
     settings = Settings.from_env()
     if getattr(args, "bootstrap", None):
@@ -159,8 +159,8 @@ def _check_dashboard_logins() -> None:
 
 # -- commands -------------------------------------------------------------------------------
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from c360.broker import EmbeddedBroker, check_port, create_topics
-    from c360.events import Catalogue
+    from c360.dev.broker import EmbeddedBroker, check_port, create_topics
+    from c360.model.events import Catalogue
 
     settings = Settings.from_env()
     port = check_port(args.port or settings.broker_port, "--port")
@@ -189,7 +189,7 @@ def _wait_for_interrupt(alive) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from c360.simulator import simulate
+    from c360.dev.simulator import simulate
 
     settings = _cluster(args)
     simulate(settings, customers=args.customers, rate=args.rate, duration=args.duration,
@@ -198,7 +198,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from c360 import olist
+    from c360.dev import olist
 
     settings = Settings.from_env()
     data = Path(args.data) if args.data else settings.olist_dir
@@ -221,7 +221,7 @@ def _addresses(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from c360.events import Catalogue
+    from c360.model.events import Catalogue
 
     settings = Settings.from_env()
     changes = args.changes
@@ -237,8 +237,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _writable_dir(Path(args.recovery_dir), "the recovery directory")
     settings = _cluster(args)  # last: every check that needs no cluster came first
 
-    from c360.hooks import EntityHooks
-    from c360.pipeline import Pipeline
+    from c360.entity.derive import EntityHooks
+    from c360.run.pipeline import Pipeline
 
     hooks = None
     if args.no_sweep:
@@ -269,7 +269,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from c360.broker import check_port, check_reachable
+    from c360.dev.broker import check_port, check_reachable
 
     if args.port and args.port == args.sync_port:
         raise C360Error(f"--port and --sync-port are both {args.port}: give two ports")
@@ -283,18 +283,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         check_port(settings.broker_port, "C360_BROKER_PORT")
 
-    from c360.demo import run_demo
+    from c360.dev.demo import run_demo
 
     return run_demo(port=args.port, customers=args.customers, rate=args.rate,
                     show=not args.no_browser, sync_port=args.sync_port, settings=settings)
+
+
+def _bench_harness() -> Any:
+    """The benchmark harness's runner. It lives in the source checkout's ``benchmarks/``,
+    not in the wheel (it drives peers and the dashboards, which the library never imports),
+    so it is looked up beside the installed package at run time."""
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "harness" / "runner.py").is_file():
+        raise ConfigError("c360 bench runs from a source checkout (its harness is "
+                          "benchmarks/harness/, not part of the installed package): "
+                          "clone the repository and run `c360 bench` there")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module("benchmarks.harness.runner")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     out = _writable(Path(args.out), "the bench result")
     plots = _writable_dir(Path(args.plots), "the plots") if args.plots else None
 
-    from c360.bench.runner import run_bench
-
+    run_bench = _bench_harness().run_bench
     result = run_bench(quick=args.quick, out=out, sections=args.sections,
                        peers=not args.no_peers, flink=args.flink, plots=plots,
                        progress=not args.quiet)
@@ -306,7 +321,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _progress_store() -> Any:
     """An EntityStore that also remembers the latest event time it was given (one
     comparison per batch, not per event: the dataflow's hot path stays as it is)."""
-    from c360.store import EntityStore
+    from c360.store.memory import EntityStore
 
     class ProgressStore(EntityStore):
         event_time: Any = None

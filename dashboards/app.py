@@ -7,7 +7,7 @@ see :mod:`dashboards.access`). ``c360 demo`` serves it too, at ``/app``. OAuth i
 basic auth: Panel's ``--oauth-provider`` options; the scopes file then maps the OAuth
 user names.
 
-Every session of the server process reads one shared store (:func:`c360.live.shared_store`)
+Every session of the server process reads one shared store (:func:`c360.run.shared.shared_store`)
 and one shared feed (:func:`dashboards.feed.shared_feed`); its periodic callbacks only
 refresh the page that is showing.
 """
@@ -21,7 +21,7 @@ import panel as pn
 
 from c360.config import Settings
 from c360.errors import C360Error
-from c360.store import EntityStore
+from c360.store.memory import EntityStore
 from c360.sync.auth import Scope
 from dashboards.access import NARROW, scope_for
 from dashboards.customer import PERIOD_MS, CustomerView
@@ -143,7 +143,7 @@ class Dashboard(pn.viewable.Viewer):
 def app(store: EntityStore | None = None, settings: Settings | None = None,
         anonymous: Scope = NARROW) -> pn.viewable.Viewable:
     """The dashboard for one server session (the shared store unless one is given)."""
-    from c360 import live
+    from c360.run import shared as live
 
     try:
         if store is None:

@@ -23,10 +23,10 @@ import holoviews as hv
 import pandas as pd
 import panel as pn
 
-from c360.commands import CommandError
 from c360.config import Settings
 from c360.errors import C360Error
-from c360.store import EntityStore
+from c360.model.commands import CommandError
+from c360.store.memory import EntityStore
 from c360.sync.auth import Scope
 from c360.sync.local import LocalReplica
 from dashboards.access import redact

@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 
 from c360.config import Settings
-from c360.delta import Delta, Lifecycle
-from c360.events import Catalogue
-from c360.store import EntityStore
+from c360.model.delta import Delta, Lifecycle
+from c360.model.events import Catalogue
+from c360.store.memory import EntityStore
 from dashboards.live import RateMeter
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Served by ``c360 demo`` at ``/live``, and by ``panel serve dashboards/live.py`` (set
 ``C360_KAFKA_BOOTSTRAP``; the first session starts the one dataflow of the server
-process, see :mod:`c360.live`). In a notebook: ``LivePage(store).start()`` then
+process, see :mod:`c360.run.shared`). In a notebook: ``LivePage(store).start()`` then
 display it.
 
 Little is sent: the entity's fields are patched cell by cell once the page is shown,
@@ -31,8 +31,8 @@ from bokeh.models import DatetimeTickFormatter
 from bokeh.models.widgets.tables import NumberFormatter
 
 from c360.errors import C360Error
-from c360.events import Catalogue
-from c360.store import EntityStore
+from c360.model.events import Catalogue
+from c360.store.memory import EntityStore
 
 # inline: in a notebook, BokehJS and Panel's JS come from the kernel, not from a CDN (plots
 # were blank offline); served pages are unaffected (the server serves its own static files).
@@ -219,7 +219,7 @@ class RateMeter:
 
 
 class LivePage(pn.viewable.Viewer):
-    """The live page over one :class:`~c360.store.EntityStore`.
+    """The live page over one :class:`~c360.store.memory.EntityStore`.
 
     In a server session it refreshes itself; elsewhere call :meth:`start`, or
     :meth:`refresh` to update it once (tests do).
@@ -474,7 +474,7 @@ def error_page(message: str) -> pn.viewable.Viewable:
 
 def app() -> pn.viewable.Viewable:
     """The page for one server session, over the process's shared store."""
-    from c360 import live
+    from c360.run import shared as live
 
     try:
         store = live.shared_store()

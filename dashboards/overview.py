@@ -19,7 +19,7 @@ import pandas as pd
 import panel as pn
 from bokeh.models import NumeralTickFormatter
 
-from c360.analytics import SERIES
+from c360.entity.analytics import SERIES
 from dashboards.feed import Feed, Snapshot
 from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading
 from dashboards.tables import PatchedTable

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from c360.simulator import CITIES, STORES, _km
+from c360.dev.simulator import CITIES, STORES, _km
 
 # The simulated shop and the Olist data are Brazilian: amounts are in reais.
 CURRENCY = "R$"

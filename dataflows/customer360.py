@@ -29,16 +29,16 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 
-from c360.analytics import Collector, global_analytics
-from c360.changes import RESET_STREAM, change_records, new_run_id
-from c360.delta import Delta
+from c360.entity.analytics import Collector, global_analytics
+from c360.entity.derive import EntityHooks
+from c360.entity.logic import Logic, first_logic
+from c360.entity.rules import Decision
+from c360.entity.shard import Failed, Routed, Shard, ShardBatch, shard_of
 from c360.errors import InvalidEvent
-from c360.events import Catalogue
-from c360.hooks import EntityHooks
-from c360.logic import Logic, first_logic
-from c360.rules import Decision
-from c360.shard import Failed, Routed, Shard, ShardBatch, shard_of
-from c360.source import NO_TIME, Polled, event_time_of
+from c360.model.delta import Delta
+from c360.model.events import Catalogue
+from c360.topics.changes import RESET_STREAM, change_records, new_run_id
+from c360.topics.source import NO_TIME, Polled, event_time_of
 
 DEFAULT_SHARDS = 16
 DEFAULT_LATENESS = timedelta(hours=1)
@@ -149,7 +149,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, tuple[list, list, list, list], b
 
     Resumed from a recovery snapshot, it first emits every entity's whole state at the
     snapshot's version (stream ``recovery``): the restarted process's store is rebuilt from
-    it, and stores that outlived the crash repair what the replay changes (c360.replica).
+    it, and stores that outlived the crash repair what the replay changes (c360.store.replica).
     With analytics, each batch also reports the shard's watermark of its source partition
     to the global windows (a ``("mark", ...)`` partial), which close on the minimum.
     At the end of a bounded run (:meth:`on_eof`) every customer is aged to the end of input.
@@ -267,17 +267,17 @@ def build_flow(
     their source partition's watermark (its latest event time less ``allowed_lateness``,
     docs/event-time.md) go to ``late_sink`` (None: dropped
     and not applied; ``allowed_lateness=None`` applies every event). ``analytics`` adds the
-    global per-minute analytics (:mod:`c360.analytics`) to the store as ``global:*``
+    global per-minute analytics (:mod:`c360.entity.analytics`) to the store as ``global:*``
     entities. ``recoverable=False`` skips state snapshots: right when bytewax runs
     without recovery, where it would discard them anyway. ``changes_sink`` gets every
     change the store gets, as entity-changes records tagged with ``run_id``
-    (:mod:`c360.changes`).
+    (:mod:`c360.topics.changes`).
     """
     catalogue = catalogue or Catalogue()
     hooks = hooks if hooks is not None else EntityHooks(allowed_lateness=allowed_lateness)
     flow = Dataflow(flow_id)
     polled = op.input("kafka_in", flow, source)
-    # polled: c360.source.Polled, one source partition's messages merged in event time
+    # polled: c360.topics.source.Polled, one source partition's messages merged in event time
     decoded = op.map("decode", polled, make_decoder(catalogue, shards, max_event_bytes,
                                                     allowed_lateness))
     # decoded: Decoded
@@ -315,7 +315,7 @@ def build_flow(
 
 def _kafka_flow() -> Dataflow:
     """The flow ``python -m bytewax.run`` runs: Kafka in, the process's store and DLQ out."""
-    from c360.pipeline import Pipeline
+    from c360.run.pipeline import Pipeline
 
     pipeline = Pipeline()
     pipeline.recoverable = True  # bytewax.run may be given a recovery directory

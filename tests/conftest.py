@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from c360.broker import EmbeddedBroker, create_topics
 from c360.config import Settings
-from c360.events import Catalogue
+from c360.dev.broker import EmbeddedBroker, create_topics
+from c360.model.events import Catalogue
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

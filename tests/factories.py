@@ -10,11 +10,11 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main
 from confluent_kafka import Message
 from kafka import KafkaConsumer, TopicPartition
 
-from c360 import events as ev
 from c360.config import Settings
-from c360.events import Catalogue, encode
-from c360.pipeline import StoreSink
-from c360.store import EntityStore
+from c360.model import events as ev
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import StoreSink
+from c360.store.memory import EntityStore
 from dataflows.customer360 import build_flow
 
 CAT = Catalogue("c360.")

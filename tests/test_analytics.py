@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from c360.simulator import generate
+from c360.dev.simulator import generate
 from tests.factories import run
 from tests.test_windows import as_messages
 

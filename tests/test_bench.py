@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from c360.bench.report import tables
-from c360.bench.s4_latency import client_latencies
+from benchmarks.harness.report import tables
+from benchmarks.harness.s4_latency import client_latencies
 from c360.cli import main
 
 
@@ -78,7 +78,7 @@ def test_flink_input_files_and_the_chained_join_size_agree_with_pandas(tmp_path:
 
     import pandas as pd
 
-    from c360.bench.s3_streams import CUSTOMER_STREAMS, write_stream_files
+    from benchmarks.harness.s3_streams import CUSTOMER_STREAMS, write_stream_files
 
     streams = CUSTOMER_STREAMS[:4]
     meta = write_stream_files(tmp_path, streams, customers=300, events=6_000, cap=2)

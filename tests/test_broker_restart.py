@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from c360.broker import EmbeddedBroker, S3Server, TopicWatch, create_topics
 from c360.config import Settings
+from c360.dev.broker import EmbeddedBroker, S3Server, TopicWatch, create_topics
 from c360.errors import BrokerError
-from c360.events import Catalogue, encode
-from c360.pipeline import Pipeline
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import Pipeline
 from tests.factories import CAT, by_id, message, mixed_events, read_dlq, run
 
 

@@ -10,7 +10,7 @@ import sys
 from kafka import KafkaProducer
 
 from c360.config import Settings
-from c360.events import Catalogue
+from c360.model.events import Catalogue
 from tests.factories import read_dlq
 
 

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from c360.broker import EmbeddedBroker
 from c360.config import REPO_ROOT
+from c360.dev.broker import EmbeddedBroker
 
 
 def test_five_kills_end_equal_with_nothing_lost_or_applied_twice(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from c360.config import REPO_ROOT, Settings
-from c360.simulator import simulate
+from c360.dev.simulator import simulate
 
 
 def test_a_bounded_run_redraws_its_progress_on_a_terminal(settings: Settings) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from c360 import events as ev
 from c360.config import Settings
 from c360.errors import ConfigError, InvalidEvent
-from c360.events import Catalogue, encode
+from c360.model import events as ev
+from c360.model.events import Catalogue, encode
 from tests.factories import at
 
 

@@ -27,11 +27,11 @@ import msgspec
 import pandas as pd
 import pytest
 
-from c360.broker import EmbeddedBroker, create_topics, free_port
 from c360.config import Settings
+from c360.dev.broker import EmbeddedBroker, create_topics, free_port
+from c360.dev.simulator import backfill, simulate
 from c360.errors import ConfigError
-from c360.events import Catalogue, CustomerDetails, encode
-from c360.simulator import backfill, simulate
+from c360.model.events import Catalogue, CustomerDetails, encode
 from c360.sync.auth import REDACTED, Scope
 from dashboards.access import NARROW, load_scopes, scope_for
 from dashboards.finder import display_row, find
@@ -123,8 +123,8 @@ def test_scopes_file(tmp_path: Path) -> None:
 
 
 def test_customer_view_coalesces_and_flashes_changes() -> None:
-    from c360.delta import Delta
-    from c360.store import EntityStore
+    from c360.model.delta import Delta
+    from c360.store.memory import EntityStore
     from dashboards.access import FULL
     from dashboards.customer import CustomerView
 
@@ -151,8 +151,8 @@ def test_customer_view_coalesces_and_flashes_changes() -> None:
 def test_wishlist_follows_stock_without_a_customer_change(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import dashboards.customer as customer
-    from c360.delta import Delta
-    from c360.store import EntityStore
+    from c360.model.delta import Delta
+    from c360.store.memory import EntityStore
     from dashboards.access import FULL
 
     monkeypatch.setattr(customer, "STOCK_EVERY_S", 0.0)
@@ -205,8 +205,8 @@ CUSTOMER = {
 
 
 def _store(**customer: Any) -> Any:
-    from c360.delta import Delta
-    from c360.store import EntityStore
+    from c360.model.delta import Delta
+    from c360.store.memory import EntityStore
 
     store = EntityStore()
     store.apply([Delta("p1", "product", 1, T0, "products", "p1", dict(PRODUCT)),
@@ -288,8 +288,8 @@ def test_an_unknown_id_clears_the_customer_shown_before() -> None:
 def test_an_offer_for_an_item_out_of_stock_is_withdrawn(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import dashboards.customer as customer
-    from c360.commands import CommandError
-    from c360.delta import Delta
+    from c360.model.commands import CommandError
+    from c360.model.delta import Delta
     from dashboards.access import FULL
 
     monkeypatch.setattr(customer, "STOCK_EVERY_S", 0.0)
@@ -569,8 +569,8 @@ def test_narrow_account_is_refused_pii_and_commands(served: dict[str, Any],
 def test_overview_charts_start_from_the_stores_series_and_break_at_gaps() -> None:
     import math
 
-    from c360.delta import Delta
-    from c360.store import EntityStore
+    from c360.model.delta import Delta
+    from c360.store.memory import EntityStore
     from dashboards.feed import Feed
     from dashboards.overview import LIVE_GAP, OverviewPage, with_gaps
 

@@ -25,10 +25,10 @@ from typing import IO, Any
 import panel as pn
 import pytest
 
-from c360 import live
 from c360.config import Settings
-from c360.delta import Delta
-from c360.store import EntityStore
+from c360.model.delta import Delta
+from c360.run import shared as live
+from c360.store.memory import EntityStore
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -9,8 +9,8 @@ import random
 from kafka import KafkaProducer
 
 from c360.config import Settings
-from c360.events import Catalogue, encode
-from c360.pipeline import run_until_idle
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import run_until_idle
 from tests.factories import CAT, by_id, message, mixed_events, read_dlq, run
 
 BIG = 2 * 1024 * 1024

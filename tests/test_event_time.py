@@ -15,20 +15,20 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from c360 import events as ev
-from c360.broker import create_topics
 from c360.config import Settings
-from c360.delta import Delta
-from c360.entity import EntityState
-from c360.events import Catalogue, encode
-from c360.hooks import EntityHooks
-from c360.logic import first_logic
-from c360.pipeline import Pipeline
-from c360.rules import CATALOG_READERS
-from c360.shard import Routed, Shard
-from c360.simulator import Item, generate
-from c360.source import KafkaBatchSource, Merge, event_time_of
-from c360.store import EntityStore
+from c360.dev.broker import create_topics
+from c360.dev.simulator import Item, generate
+from c360.entity.derive import EntityHooks
+from c360.entity.logic import first_logic
+from c360.entity.rules import CATALOG_READERS
+from c360.entity.shard import Routed, Shard
+from c360.entity.state import EntityState
+from c360.model import events as ev
+from c360.model.delta import Delta
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import Pipeline
+from c360.store.memory import EntityStore
+from c360.topics.source import KafkaBatchSource, Merge, event_time_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
 ENC = msgspec.json.Encoder(order="sorted")  # field order is not part of the answer

@@ -10,8 +10,8 @@ from collections import defaultdict
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 
-from c360.pipeline import StoreSink
-from c360.store import EntityStore
+from c360.run.pipeline import StoreSink
+from c360.store.memory import EntityStore
 from dataflows.customer360 import build_flow
 from tests.factories import CAT, batches, by_id, message, mixed_events, raw_message, run
 
@@ -120,7 +120,7 @@ def test_a_failing_rule_sends_the_event_to_dead_letters_and_the_flow_goes_on() -
 
 
 def test_late_readings_do_not_replace_newer_ones_and_returns_update_in_place() -> None:
-    from c360 import events as ev
+    from c360.model import events as ev
     from tests.factories import at
 
     cid = "cust-late"

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 
 from c360.config import Settings
-from c360.events import Catalogue
-from c360.hooks import EntityHooks
-from c360.logic import first_logic
-from c360.pipeline import run_until_idle
-from c360.shard import Shard
+from c360.entity.derive import EntityHooks
+from c360.entity.logic import first_logic
+from c360.entity.shard import Shard
+from c360.model.events import Catalogue
+from c360.run.pipeline import run_until_idle
 from dataflows.customer360 import make_decoder
 from tests.factories import read_dlq
 

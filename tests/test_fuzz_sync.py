@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from c360.delta import Delta
-from c360.store import EntityStore
+from c360.model.delta import Delta
+from c360.store.memory import EntityStore
 from c360.sync import SyncServer, TokenBook
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

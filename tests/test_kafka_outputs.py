@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from kafka import KafkaProducer
 
-from c360 import events as ev
 from c360.config import Settings
-from c360.events import Catalogue, encode
-from c360.pipeline import run_until_idle
+from c360.model import events as ev
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import run_until_idle
 from tests.factories import at, read_dlq
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from c360.broker import free_port
 from c360.config import Settings
-from c360.simulator import simulate
+from c360.dev.broker import free_port
+from c360.dev.simulator import simulate
 from tests.test_offline import ACCENT_RGB, block_the_network, wait_for_glyphs
 
 REPO = Path(__file__).resolve().parent.parent

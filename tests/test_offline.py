@@ -3,7 +3,7 @@
 Every browser test here routes the page's requests: those to this machine (127.0.0.1,
 localhost, file:, data:) go through, any other is aborted and recorded, so that a test
 can assert that none was even attempted. BokehJS, Panel's JS and its stylesheets come
-inline with the notebook's outputs (:func:`c360.notebook.offline`: ``inline=True``, and
+inline with the notebook's outputs (:func:`c360.dev.notebook.offline`: ``inline=True``, and
 HoloViews objects shown through Panel), and from the server's own static files for
 served pages (tests/test_demo.py,
 tests/test_notebook_dashboard.py use the same helpers for /live, /app and notebook 05).
@@ -143,7 +143,7 @@ def test_offline_shows_holoviews_through_panel_with_inline_stylesheets() -> None
     import holoviews as hv
     import panel as pn
 
-    from c360.notebook import _through_panel, offline
+    from c360.dev.notebook import _through_panel, offline
 
     offline()  # outside IPython: loads the extensions, registers nothing
     assert pn.config.inline

@@ -1,6 +1,6 @@
 """The Olist replay: events from the real files, and the acceptance tests that the live
 dataflow gives every customer, and every global window, the same values as a pandas batch
-computation over the CSVs (c360.olist.batch_customers / batch_windows), with 1 and 2
+computation over the CSVs (c360.dev.olist.batch_customers / batch_windows), with 1 and 2
 workers, the default settings (1 h lateness, sweep on) and the real embedded broker.
 
 One replay is shared by the module's runs (CI time: a replay costs ~30 s)."""
@@ -21,13 +21,10 @@ import pandas as pd
 import pytest
 
 from benchmarks.event_time_oracle import RecordingStore  # the oracle script's recorder
-from c360 import cli, windows
-from c360 import events as ev
-from c360.broker import EmbeddedBroker
+from c360 import cli
 from c360.config import REPO_ROOT, Settings
-from c360.delta import Delta
-from c360.errors import DataError
-from c360.olist import (
+from c360.dev.broker import EmbeddedBroker
+from c360.dev.olist import (
     ORACLE_COLUMNS,
     PLAIN_COLUMNS,
     OlistData,
@@ -42,7 +39,11 @@ from c360.olist import (
     load,
     replay,
 )
-from c360.pipeline import Pipeline
+from c360.entity import windows
+from c360.errors import DataError
+from c360.model import events as ev
+from c360.model.delta import Delta
+from c360.run.pipeline import Pipeline
 
 OLIST = Settings.from_env().olist_dir
 METRICS = ["order_count", "total_spent", "items_bought", "avg_review_score", "last_order_at"]
@@ -150,7 +151,7 @@ def test_order_lines_carry_the_products_category(
     # 460 item rows are of the 610 products Olist left without a category.
     assert sum(1 for line in lines if not line.category) == 460
     assert len({line.category for line in lines}) > 60
-    assert all(line.brand == "" for line in lines)  # Olist has no brand (see c360.olist)
+    assert all(line.brand == "" for line in lines)  # Olist has no brand (see c360.dev.olist)
     # Untranslated categories keep Olist's own name rather than vanishing.
     assert "pc_gamer" in product_category.values()
 

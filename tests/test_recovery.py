@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from c360.changes import RESET_STREAM, decode_change, encode_change
 from c360.config import Settings
-from c360.delta import Delta, Lifecycle
+from c360.dev.simulator import simulate
+from c360.entity.derive import EntityHooks
 from c360.errors import DataError
-from c360.hooks import EntityHooks
-from c360.pipeline import Pipeline
-from c360.replica import Materializer
-from c360.simulator import simulate
-from c360.store import EntityStore
+from c360.model.delta import Delta, Lifecycle
+from c360.run.pipeline import Pipeline
+from c360.store.memory import EntityStore
+from c360.store.replica import Materializer
+from c360.topics.changes import RESET_STREAM, decode_change, encode_change
 from tests.factories import by_id
 
 T = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.event_time_oracle import next_offsets, read_topic  # one reader for both
-from c360.broker import EmbeddedBroker
 from c360.config import REPO_ROOT, Settings
-from c360.events import Catalogue
-from c360.olist import replay
+from c360.dev.broker import EmbeddedBroker
+from c360.dev.olist import replay
+from c360.model.events import Catalogue
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 import pytest
 
-from c360 import events as ev
-from c360 import rules
-from c360.delta import Delta, Lifecycle
-from c360.hooks import EntityHooks
-from c360.logic import first_logic
-from c360.rules import CATALOG, Decision, decide
-from c360.shard import Routed, Shard
+from c360.entity import rules
+from c360.entity.derive import EntityHooks
+from c360.entity.logic import first_logic
+from c360.entity.rules import CATALOG, Decision, decide
+from c360.entity.shard import Routed, Shard
+from c360.model import events as ev
+from c360.model.delta import Delta, Lifecycle
 from tests.factories import CAT, at, message, run
 
 C = "cust-1"

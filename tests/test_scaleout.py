@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 import msgspec
 
 import c360
-from c360.broker import free_port
 from c360.config import REPO_ROOT, Settings
-from c360.events import Catalogue
-from c360.pipeline import Pipeline
-from c360.replica import replica_from_kafka
-from c360.simulator import simulate
-from c360.store import EntityStore
+from c360.dev.broker import free_port
+from c360.dev.simulator import simulate
+from c360.model.events import Catalogue
+from c360.run.pipeline import Pipeline
+from c360.store.memory import EntityStore
+from c360.store.replica import replica_from_kafka
 from tests.factories import by_id
 
 

@@ -12,15 +12,24 @@ from itertools import islice
 
 import pytest
 
-from c360 import events as ev
 from c360.config import REPO_ROOT, Settings
-from c360.delta import Delta
+from c360.dev.simulator import (
+    CITIES,
+    FLAT_OUT_TICK,
+    Item,
+    _km,
+    backfill,
+    generate,
+    history,
+    simulate,
+)
+from c360.entity.logic import first_logic
+from c360.entity.shard import Routed, Shard
 from c360.errors import ConfigError
-from c360.events import Catalogue, encode
-from c360.logic import first_logic
-from c360.pipeline import Pipeline, run_until_idle
-from c360.shard import Routed, Shard
-from c360.simulator import CITIES, FLAT_OUT_TICK, Item, _km, backfill, generate, history, simulate
+from c360.model import events as ev
+from c360.model.delta import Delta
+from c360.model.events import Catalogue, encode
+from c360.run.pipeline import Pipeline, run_until_idle
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CAT = Catalogue()

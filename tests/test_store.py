@@ -8,9 +8,9 @@ import time
 import pandas as pd
 import pytest
 
-from c360.delta import Delta
 from c360.errors import C360Error
-from c360.store import EntityStore
+from c360.model.delta import Delta
+from c360.store.memory import EntityStore
 from tests.factories import at
 
 
@@ -131,7 +131,7 @@ def test_export_refuses_unknown_formats(tmp_path) -> None:
 
 
 def test_lifecycle_subscribers_get_entity_events_and_delta_subscribers_do_not() -> None:
-    from c360.delta import Lifecycle
+    from c360.model.delta import Lifecycle
 
     store = EntityStore()
     born: list[Lifecycle] = []

@@ -22,10 +22,10 @@ import pytest
 import websockets
 
 import c360
-from c360.delta import Delta, Lifecycle
-from c360.pipeline import Pipeline
-from c360.simulator import simulate
-from c360.store import EntityStore
+from c360.dev.simulator import simulate
+from c360.model.delta import Delta, Lifecycle
+from c360.run.pipeline import Pipeline
+from c360.store.memory import EntityStore
 from c360.sync import Limits, SyncServer, TokenBook
 
 LOYALTY = ["loyalty_points", "loyalty_tier", "loyalty_program_tier"]
@@ -462,17 +462,17 @@ class _Story:
     """Real events through the real fold, rules and segments (in-process, no Kafka)."""
 
     def __init__(self) -> None:
-        from c360.hooks import EntityHooks
-        from c360.shard import Shard
+        from c360.entity.derive import EntityHooks
+        from c360.entity.shard import Shard
 
         self.shard = Shard(EntityHooks())
         self.out: list[Delta | Lifecycle] = []
         self.n = 0
 
     def __call__(self, stream: str, seconds: float, **fields: Any) -> None:
-        from c360.events import Catalogue
-        from c360.logic import first_logic
-        from c360.shard import Routed
+        from c360.entity.logic import first_logic
+        from c360.entity.shard import Routed
+        from c360.model.events import Catalogue
 
         self.n += 1
         s = Catalogue("c360.").by_name[stream]
@@ -490,7 +490,7 @@ def _lifecycle(c: RawClient) -> list[dict[str, Any]]:
 
 
 def test_lifecycle_events_reveal_only_what_the_token_may_see() -> None:
-    from c360 import rules
+    from c360.entity import rules
 
     def greet(c: Any, changes: Any, event: Any) -> rules.Decision:  # a notebook's rule
         return rules.decide("say_hello", f"hello {c['name']}", ["name"])

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from bytewax.testing import TestingSink
 
-from c360 import events as ev
-from c360.delta import Lifecycle
-from c360.hooks import EntityHooks
-from c360.logic import first_logic
-from c360.shard import Routed, Shard
-from c360.simulator import generate
-from c360.windows import RELEVANCE, relevance_table
+from c360.dev.simulator import generate
+from c360.entity.derive import EntityHooks
+from c360.entity.logic import first_logic
+from c360.entity.shard import Routed, Shard
+from c360.entity.windows import RELEVANCE, relevance_table
+from c360.model import events as ev
+from c360.model.delta import Lifecycle
 from tests.factories import CAT, message, run
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -158,7 +158,7 @@ def test_a_quiet_customers_churn_risk_grows_as_it_is_aged() -> None:
     """Churn risk reads recency in days to the customer's as_of_day: aging without an event
     of theirs must move it (it stayed at its last event's value before; wrong for 2,795 Olist
     customers' at_risk segment at the end of the data)."""
-    from c360.rules import churn_score
+    from c360.entity.rules import churn_score
 
     shard = Shard(EntityHooks(), allowed_lateness=timedelta(hours=1))
     order = ev.Order(event_id="o", event_time=START, customer_id="quiet", order_id="o1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from c360.config import Settings
-from c360.pipeline import run_until_idle
-from c360.simulator import simulate
+from c360.dev.simulator import simulate
+from c360.run.pipeline import run_until_idle
 from tests.factories import comparable
 
 

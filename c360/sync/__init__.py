@@ -1,6 +1,6 @@
 """Live entity sync over WebSocket: snapshot, then JSON-Patch diffs, per token scope.
 
-``SyncServer`` serves an :class:`~c360.store.EntityStore`; ``connect`` is the Python
+``SyncServer`` serves an :class:`~c360.store.memory.EntityStore`; ``connect`` is the Python
 client (a local replica); ``local`` gives the same interface in-process. The wire
 protocol is documented in ``docs/sync-protocol.md``.
 """

@@ -2,7 +2,7 @@
 
 ``c360.local(store)`` offers what ``c360.connect(url, token)`` offers -- ``entities``,
 ``sync``, ``on_change``, ``dataframe``, ``command`` -- straight from an
-:class:`~c360.store.EntityStore`, with no server, no token and no JSON in between.
+:class:`~c360.store.memory.EntityStore`, with no server, no token and no JSON in between.
 Commands need Kafka (``settings``): they go through the dataflow like any client's.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from c360.commands import parse_args
 from c360.config import Settings
-from c360.delta import Delta
 from c360.errors import C360Error
-from c360.events import Catalogue, Command, encode
-from c360.store import EntityStore, Subscription
+from c360.model.commands import parse_args
+from c360.model.delta import Delta
+from c360.model.events import Catalogue, Command, encode
+from c360.store.memory import EntityStore, Subscription
 
 ChangeCallback = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
 

@@ -30,14 +30,14 @@ import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from c360.commands import CommandError, parse_args
 from c360.config import Settings
-from c360.delta import LIFECYCLE_TYPES, Delta, Lifecycle
 from c360.errors import C360Error
-from c360.events import Catalogue
-from c360.events import Command as CommandEvent
-from c360.events import encode as encode_event
-from c360.store import EntityStore, Subscription
+from c360.model.commands import CommandError, parse_args
+from c360.model.delta import LIFECYCLE_TYPES, Delta, Lifecycle
+from c360.model.events import Catalogue
+from c360.model.events import Command as CommandEvent
+from c360.model.events import encode as encode_event
+from c360.store.memory import EntityStore, Subscription
 from c360.sync import protocol as p
 from c360.sync.auth import IDENTITY, PII_FIELDS, REDACTED, Scope, TokenBook
 
@@ -589,7 +589,7 @@ class SyncServer:
 
     def _event(self, e: Lifecycle) -> None:
         # A rule_fired event does not say which fields the rule read; its decision, which
-        # c360.hooks emits right after it (same entity, version and rule), does. Hold it
+        # c360.entity.derive emits right after it (same entity, version and rule), does. Hold it
         # until then (or a tick at most), so it can be shown exactly to who sees the inputs.
         held = self._held.pop(e.entity_id, None)
         if held is not None:

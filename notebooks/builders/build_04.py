@@ -30,10 +30,10 @@ import pandas as pd
 from kafka import KafkaProducer
 
 import c360
-from c360 import events as ev
-from c360.notebook import offline
-from c360.simulator import generate
-from c360.windows import relevance_table
+from c360.model import events as ev
+from c360.dev.notebook import offline
+from c360.dev.simulator import generate
+from c360.entity.windows import relevance_table
 
 offline()  # BokehJS, Panel's JS and CSS from the kernel, not a CDN: plots draw offline
 broker = c360.EmbeddedBroker().start()
@@ -51,7 +51,7 @@ def produce(items, settings):
     producer.flush()"""),
     md("""## Every window, declared in one place
 
-`c360/windows.py` declares what is bounded, windowed, decayed, rolled up or evicted, and how
+`c360/entity/windows.py` declares what is bounded, windowed, decayed, rolled up or evicted, and how
 (`docs/analytics.md` explains each row)."""),
     code("""pd.DataFrame(relevance_table())"""),
     md("""## Three months of a small shop, through Kafka

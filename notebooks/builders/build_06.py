@@ -1,4 +1,4 @@
-"""Builds notebooks/06_performance.ipynb: narrative and thin glue over c360.bench.
+"""Builds notebooks/06_performance.ipynb: narrative and thin glue over benchmarks.harness.
 
     .venv/bin/python notebooks/builders/build_06.py
 """
@@ -30,9 +30,9 @@ import holoviews as hv
 import pandas as pd
 import psutil
 
-from c360.bench.runner import SECTIONS, run_bench
-from c360.bench.s3_streams import COUNTS
-from c360.notebook import offline
+from benchmarks.harness.runner import SECTIONS, run_bench
+from benchmarks.harness.s3_streams import COUNTS
+from c360.dev.notebook import offline
 
 offline()  # BokehJS, Panel's JS and CSS from the kernel, not a CDN: plots draw offline
 {number: name for number, (name, _) in SECTIONS.items()}  # every section of `c360 bench`"""),
