@@ -65,7 +65,7 @@ from typing import Any
 import msgspec
 
 from c360.config import REPO_ROOT, Settings
-from c360.dev.broker import EmbeddedBroker, create_topics
+from c360.dev.broker import EmbeddedBroker
 from c360.dev.olist import events as olist_events
 from c360.dev.olist import load
 from c360.dev.simulator import simulate
@@ -76,6 +76,7 @@ from c360.model.events import Catalogue
 from c360.run.pipeline import Pipeline
 from c360.store.memory import EntityStore
 from c360.store.replica import ChangesReplica
+from c360.topics.admin import create_topics
 
 # Fields whose value depends on the interleaving of the stream topics, not on the events.
 ARRIVAL_DEPENDENT = frozenset({"decisions"})

@@ -40,9 +40,10 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from c360.config import Settings
-from c360.dev.broker import EmbeddedBroker, create_topics, free_port, wait_for_port
+from c360.dev.broker import EmbeddedBroker, free_port, wait_for_port
 from c360.dev.simulator import simulate
 from c360.model.events import Catalogue
+from c360.topics.admin import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL_S = 10.0  # every session must receive updates in every interval this long

@@ -38,9 +38,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from c360.config import REPO_ROOT, Settings  # noqa: E402
-from c360.dev.broker import EmbeddedBroker, create_topics  # noqa: E402
+from c360.dev.broker import EmbeddedBroker  # noqa: E402
 from c360.dev.simulator import generate  # noqa: E402
 from c360.model import events as ev  # noqa: E402
+from c360.topics.admin import create_topics  # noqa: E402
 
 START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 

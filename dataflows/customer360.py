@@ -6,239 +6,102 @@
       -> fold into the entity + business logic -> field-level deltas
       -> the in-memory entity store
 
-Run against Kafka with ``python -m bytewax.run dataflows.customer360:flow`` (it
-reads ``C360_KAFKA_BOOTSTRAP``), or plug in other sources and sinks with
-:func:`build_flow`, as the tests and notebooks do.
+This module is the graph only: :func:`build_flow` between any source and sinks, and
+:func:`kafka_flow` wired to Kafka and a store. The steps it calls are in
+:mod:`dataflows.steps`; the fold itself in :mod:`c360.entity`. Run against Kafka with
+``python -m bytewax.run dataflows.customer360:flow`` (it reads ``C360_KAFKA_BOOTSTRAP``
+and the other settings, docs/configuration in the README; it creates no topics:
+``c360 broker`` or your cluster's tooling does).
 """
 
 from __future__ import annotations
 
-import base64
-import math
-import pickle
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import bytewax.operators as op
-import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import Source
-from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 
-from c360.entity.analytics import Collector, global_analytics
+from c360.config import Settings
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic, first_logic
 from c360.entity.rules import Decision
-from c360.entity.shard import Failed, Routed, Shard, ShardBatch, shard_of
-from c360.errors import InvalidEvent
+from c360.entity.shard import Failed, ShardBatch
 from c360.model.delta import Delta
 from c360.model.events import Catalogue
-from c360.topics.changes import RESET_STREAM, change_records, new_run_id
-from c360.topics.source import NO_TIME, Polled, event_time_of
-
-DEFAULT_SHARDS = 16
-DEFAULT_LATENESS = timedelta(hours=1)
-_JSON = msgspec.json.Encoder()
-
-
-class Decoded(msgspec.Struct):
-    """One polled item after decoding: good events grouped by shard, and the rejects."""
-
-    by_shard: dict[str, ShardBatch]
-    failed: list[Failed]
-    late: list[Failed] = []  # events later than the allowed lateness: the late topic
-
-
-def shard_keys(shards: int) -> list[str]:
-    """Every shard key (customer and product shards): where a watermark is broadcast."""
-    return [f"{k}{i}" for k in ("c", "p") for i in range(shards)]
+from c360.store.memory import EntityStore
+from c360.topics.changes import change_records, changes_sink, new_run_id
+from c360.topics.sinks import KafkaSink
+from c360.topics.source import KafkaBatchSource
+from dataflows.steps import (
+    DEFAULT_LATENESS,
+    DEFAULT_SHARDS,
+    Folded,
+    GlobalWindowsLogic,
+    ShardLogic,
+    StoreSink,
+    dead_letter,
+    decision_record,
+    make_decoder,
+)
 
 
-def make_decoder(
-    catalogue: Catalogue, shards: int, max_bytes: int,
-    allowed_lateness: timedelta | None = DEFAULT_LATENESS,
-) -> Callable[[Polled | list[Message]], Decoded]:
-    """Decode and route one source item; judge lateness against its partition's clock.
+@dataclass(frozen=True)
+class FoldOut:
+    """The fold's outputs by name (as bytewax's ``KafkaOpOut.oks/.errs``)."""
 
-    An event is *late* when its event time is before its source partition's watermark at
-    its position: the latest event time that partition emitted before it, less
-    ``allowed_lateness`` (docs/event-time.md). The source emits each partition in an order
-    that depends only on the topics' contents, so what is late is the same in every run.
+    deltas: Stream[list[Delta]]
+    """Field changes and lifecycle notes: one batch per shard per poll, in version order."""
+    failures: Stream[Failed]
+    """Events the fold refused (an unknown command, a bad field): dead letters."""
+    decisions: Stream[Decision]
+    """What the rules decided."""
+    partials: Stream[tuple[str, Any]]
+    """Pre-aggregates and watermark reports for the global windows."""
+
+
+@operator
+def fold_entities(step_id: str, routed: Stream[tuple[str, ShardBatch]],
+                  builder: Any) -> FoldOut:
+    """Fold each shard's batches into its entities (:class:`dataflows.steps.ShardLogic`)."""
+    folded = op.stateful_batch("state", routed, builder)
+    # folded: (shard key, Folded)
+    values = op.map("values", folded, _value)
+    # values: Folded
+    return FoldOut(
+        deltas=op.filter_map("deltas", values, lambda f: f.deltas or None),
+        failures=op.flat_map("failures", values, lambda f: f.failed),
+        decisions=op.flat_map("decisions", values, lambda f: f.decisions),
+        partials=op.flat_map("partials", values, lambda f: f.partials),
+    )
+
+
+def _value(kv: tuple[str, Folded]) -> Folded:
+    return kv[1]
+
+
+@operator
+def global_analytics(step_id: str, partials: Stream[tuple[str, Any]],
+                     shards: int) -> Stream[list[Delta]]:
+    """Tumbling event-time windows over the shards' partials; deltas of global entities.
+
+    A window closes once every shard has reported, for every source partition that is not
+    idle, a watermark at or past its end (``("mark", ...)`` partials): the minimum over
+    them, Flink's rule. Every open window closes at the end of input. Partials of a window
+    already closed are too late and dropped, counted in ``GlobalWindows.late``.
     """
-    decode = catalogue.decode_with_stream
-    commands = catalogue.commands.name if hasattr(catalogue, "commands") else "commands"
-    lateness = allowed_lateness.total_seconds() if allowed_lateness is not None else 0.0
-    check = allowed_lateness is not None
-    keys = shard_keys(shards)
-    # Plain lists of messages (tests, tools) get a clock per partition kept here.
-    clocks: dict[int, float] = {}
-
-    def decode_batch(polled: Polled | list[Message]) -> Decoded:
-        if not isinstance(polled, Polled):
-            part = (polled[0].partition() or 0) if polled else 0
-            times = [event_time_of(m.value()) for m in polled]
-            polled = Polled(part, 1, polled, [math.nan if t is None else t for t in times],
-                            clocks.get(part, NO_TIME))
-            clocks[part] = polled.end_clock()
-        part, parts = polled.part, polled.parts
-        by_shard: dict[str, ShardBatch] = {}
-        failed: list[Failed] = []
-        late: list[Failed] = []
-        clock = polled.clock
-        for m, t_read in zip(polled.msgs, polled.times, strict=True):
-            mark = clock - lateness
-            if t_read > clock:
-                clock = t_read
-            raw = m.value()
-            try:
-                if m.error() is not None:
-                    raise InvalidEvent(f"consumer error: {m.error()}")
-                if raw is not None and len(raw) > max_bytes:
-                    raise InvalidEvent(f"payload too large: {len(raw)} bytes > {max_bytes}")
-                stream, event = decode(m.topic(), raw)
-            except InvalidEvent as exc:
-                failed.append(Failed(exc.reason, m.topic() or "", m.partition() or 0,
-                                     m.offset() or 0, m.key(), raw))
-                continue
-            if check and stream.name != commands:
-                ts = t_read if t_read == t_read else event.event_time.timestamp()
-                if ts < mark:
-                    t = event.event_time
-                    late.append(Failed(
-                        f"too late: event time {t.isoformat()} is {mark + lateness - ts:.0f}"
-                        f" s behind the latest event time of source partition {part} "
-                        f"({_iso(mark + lateness)}); allowed lateness is {lateness:.0f} s",
-                        m.topic() or "", m.partition() or 0,
-                        m.offset() or 0, m.key(), raw))
-                    continue
-            kind = stream.entity_kind
-            entity_id = getattr(event, stream.key_field)
-            key = shard_of(kind, entity_id, shards)
-            routed = Routed(stream.name, kind, entity_id, event,
-                            (m.topic(), m.partition(), m.offset()), mark)
-            bucket = by_shard.get(key)
-            if bucket is None:
-                by_shard[key] = ShardBatch(key, part, parts, [routed], NO_TIME)
-            else:
-                bucket.items.append(routed)
-        end = clock - lateness
-        final = clock if polled.final else None
-        for b in by_shard.values():
-            b.mark, b.idle, b.final = end, polled.idle, final
-        if polled.tick:  # every shard hears the partition's watermark
-            for k in keys:
-                if k not in by_shard:
-                    by_shard[k] = ShardBatch(k, part, parts, [], end, polled.idle, final)
-        return Decoded(by_shard, failed, late)
-
-    return decode_batch
-
-
-def _iso(ts: float) -> str:
-    if ts == NO_TIME:
-        return "(none)"
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
-
-
-class ShardLogic(StatefulBatchLogic[ShardBatch, tuple[list, list, list, list], bytes]):
-    """Bytewax state of one shard: folds every batch routed to it in one call.
-
-    Resumed from a recovery snapshot, it first emits every entity's whole state at the
-    snapshot's version (stream ``recovery``): the restarted process's store is rebuilt from
-    it, and stores that outlived the crash repair what the replay changes (c360.store.replica).
-    With analytics, each batch also reports the shard's watermark of its source partition
-    to the global windows (a ``("mark", ...)`` partial), which close on the minimum.
-    At the end of a bounded run (:meth:`on_eof`) every customer is aged to the end of input.
-    """
-
-    def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool,
-                 hooks: EntityHooks | None = None,
-                 allowed_lateness: timedelta | None = DEFAULT_LATENESS,
-                 analytics: bool = False) -> None:
-        self.analytics = analytics
-        self.kind: str | None = None  # every entity of a shard has one kind (see shard_of)
-        restored = pickle.loads(resume) if resume else None
-        if isinstance(restored, tuple):
-            self.kind, restored = restored
-        self.shard: Shard = restored if restored is not None else Shard(
-            hooks, allowed_lateness or timedelta(0))
-        self.logic = logic
-        self.recoverable = recoverable
-        self._reset_due = restored is not None and self.kind is not None
-        self._reported: dict[int, tuple[float, bool]] = {}
-
-    def notify_at(self) -> datetime | None:
-        # Called right after a resumed logic is built: publish its reset at once.
-        return datetime.now(timezone.utc) if self._reset_due else None
-
-    def on_notify(self) -> tuple[list, bool]:
-        return self._reset(), StatefulBatchLogic.RETAIN
-
-    def _reset(self) -> list:
-        if not self._reset_due:
-            return []
-        self._reset_due = False
-        shard, kind = self.shard, self.kind
-        at = shard.latest or datetime.now(timezone.utc)
-        deltas = [Delta(eid, kind, state.version, at, RESET_STREAM, f"{RESET_STREAM}:"
-                        f"{state.version}", dict(state.fields))
-                  for eid, state in shard.entities.items() if state.version > 0]
-        return [(deltas, [], [], [])] if deltas else []
-
-    def on_batch(self, values: list[ShardBatch]) -> tuple[list, bool]:
-        out = self._reset()
-        for batch in values:
-            if self.kind is None and batch.items:
-                self.kind = batch.items[0].kind
-            decisions: list[Decision] = []
-            collector = Collector() if self.analytics else None
-            deltas, failed = self.shard.apply(batch, self.logic, decisions, collector)
-            partials: list = collector.partials() if collector is not None else []
-            if self.analytics:
-                mark = self.shard.marks.get(batch.part, NO_TIME)
-                if self._reported.get(batch.part) != (mark, batch.idle):
-                    self._reported[batch.part] = (mark, batch.idle)
-                    partials.append(("mark", (batch.key, batch.part, batch.parts, mark,
-                                              batch.idle)))
-            if deltas or failed or decisions or partials:
-                out.append((deltas, failed, decisions, partials))
-        return out, StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[list, bool]:
-        deltas = self.shard.finish()
-        return ([(deltas, [], [], [])] if deltas else []), StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> bytes | None:  # type: ignore[override]
-        # Pickled now, so later folds cannot change what recovery stores. Much
-        # cheaper than the deep copy bytewax's stateful_map makes per epoch.
-        if not self.recoverable:
-            return None
-        return pickle.dumps((self.kind, self.shard), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
-    """The dead-letter record: the reason, where the event came from and its raw bytes."""
-    value = _JSON.encode({
-        "reason": f.reason,
-        "topic": f.topic,
-        "partition": f.partition,
-        "offset": f.offset,
-        "key": f.key.decode("utf-8", "replace") if f.key is not None else None,
-        "raw_base64": base64.b64encode(f.raw).decode() if f.raw is not None else None,
-        "rejected_at": datetime.now(timezone.utc),
-    })
-    headers = [("c360-reason", f.reason[:200].encode())]
-    return KafkaSinkMessage(key=f.key, value=value, headers=headers)
-
-
-def decision_record(d: Decision) -> KafkaSinkMessage[bytes, bytes]:
-    """A decision on the decisions topic, keyed by customer."""
-    return KafkaSinkMessage(key=d.customer_id.encode(), value=_JSON.encode(d),
-                            headers=[("c360-rule", d.rule.encode())])
+    keyed = op.map("by_global", partials, lambda kv: ("global", kv))
+    # keyed: ("global", (window length key, Acc) or ("mark", report)): one state for all
+    out = op.stateful_batch("windows", keyed,
+                            lambda resume: GlobalWindowsLogic(resume, 2 * shards))
+    # out: ("global", list[Delta]) per batch that closed windows
+    return op.map("deltas", out, lambda kv: kv[1])
 
 
 def build_flow(
@@ -284,47 +147,71 @@ def build_flow(
     routed = op.flat_map("by_shard", decoded, lambda d: list(d.by_shard.items()))
     # routed: (shard key, ShardBatch)
 
-    folded = op.stateful_batch("fold", routed, lambda resume: ShardLogic(
+    folded = fold_entities("fold", routed, lambda resume: ShardLogic(
         resume, logic, recoverable, hooks, allowed_lateness, analytics))
-    # folded: (shard key, (deltas, failures, decisions, analytics partials))
-    deltas = op.filter_map("deltas", folded, lambda kv: kv[1][0] or None)
-    # deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
+    # folded.deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
+    deltas = folded.deltas
     if analytics:
-        partials = op.flat_map("partials", folded, lambda kv: kv[1][3])
-        deltas = op.merge("with_globals", deltas, global_analytics(partials, shards))
+        deltas = op.merge("with_globals", deltas, global_analytics("globals", folded.partials,
+                                                                   shards))
     op.output("store_out", deltas, store_sink)
     if changes_sink is not None:
         records = op.flat_map("change_records", deltas, change_records(run_id or new_run_id()))
         op.output("changes_out", records, changes_sink)
 
     if decisions_sink is not None:
-        made = op.flat_map("decisions", folded, lambda kv: kv[1][2])
-        op.output("decisions_out", op.map("decision_record", made, decision_record),
+        op.output("decisions_out", op.map("decision_record", folded.decisions, decision_record),
                   decisions_sink)
     if late_sink is not None:
         late = op.flat_map("late_events", decoded, lambda d: d.late)
         op.output("late_out", op.map("late_record", late, dead_letter), late_sink)
 
     rejected = op.flat_map("decode_failures", decoded, lambda d: d.failed)
-    apply_failed = op.flat_map("apply_failures", folded, lambda kv: kv[1][1])
-    failures = op.merge("failures", rejected, apply_failed)
+    failures = op.merge("failures", rejected, folded.failures)
     # failures: Failed
     op.output("dlq_out", op.map("dead_letter", failures, dead_letter), dlq_sink)
     return flow
 
 
-def _kafka_flow() -> Dataflow:
-    """The flow ``python -m bytewax.run`` runs: Kafka in, the process's store and DLQ out."""
-    from c360.run.pipeline import Pipeline
+@dataclass
+class KafkaFlow:
+    """The dataflow wired to Kafka and a store, with its source (for ``as_of``)."""
 
-    pipeline = Pipeline()
-    pipeline.recoverable = True  # bytewax.run may be given a recovery directory
-    pipeline.ensure_topics()
-    return pipeline.build()
+    flow: Dataflow
+    source: KafkaBatchSource
 
 
-def __getattr__(name: str) -> Any:
-    # Built on first access so that importing build_flow needs no Kafka settings.
-    if name == "flow":
-        return _kafka_flow()
-    raise AttributeError(name)
+def kafka_flow(settings: Settings, store: EntityStore, *, catalogue: Catalogue | None = None,
+               idle_timeout: float | None = None, stop: threading.Event | None = None,
+               recoverable: bool = False, changes_topic: str | None = None, run_id: str = "",
+               hooks: EntityHooks | None = None, analytics: bool = True,
+               logic: Logic | None = first_logic) -> KafkaFlow:
+    """The graph between c360's Kafka topics and ``store``. Builds objects only: nothing
+    connects until bytewax runs the flow, and no topic is created."""
+    s = settings
+    cat = catalogue or Catalogue(s.topic_prefix)
+    brokers = s.bootstrap.split(",")
+    # Not s.librdkafka(): that insists on a cluster, and building the graph needs none (the
+    # source says what to set when bytewax runs it).
+    config = {"bootstrap.servers": s.bootstrap, **s.security.librdkafka()}
+    source = KafkaBatchSource(config, cat.input_topics, idle_timeout=idle_timeout,
+                              stop=stop, unordered=[cat.commands_topic],
+                              partition_idle=s.partition_idle_ms / 1000,
+                              align_max=s.align_max)
+    # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
+    records = {**s.security.librdkafka(), "partitioner": "murmur2_random"}
+    large = {**records, "message.max.bytes": "20000000"}  # a dead letter holds the raw event
+    flow = build_flow(
+        source, StoreSink(store, recoverable), KafkaSink(brokers, cat.dlq_topic, add_config=large),
+        late_sink=KafkaSink(brokers, cat.late_topic, add_config=large),
+        decisions_sink=KafkaSink(brokers, cat.decisions_topic, add_config=records),
+        changes_sink=changes_sink(s, changes_topic) if changes_topic else None,
+        run_id=run_id, hooks=hooks, analytics=analytics, catalogue=cat, logic=logic,
+        max_event_bytes=s.max_event_bytes,
+        allowed_lateness=timedelta(seconds=s.allowed_lateness_s), recoverable=recoverable)
+    return KafkaFlow(flow, source)
+
+
+# What ``python -m bytewax.run dataflows.customer360:flow`` runs: the settings of the
+# environment, into this process's store (and the dead-letter, late and decisions topics).
+flow = kafka_flow(Settings.from_env(), EntityStore(), recoverable=True).flow

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from c360.config import Settings
-from c360.dev.broker import EmbeddedBroker, create_topics
+from c360.dev.broker import EmbeddedBroker
 from c360.model.events import Catalogue
+from c360.topics.admin import create_topics
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

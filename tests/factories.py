@@ -13,9 +13,9 @@ from kafka import KafkaConsumer, TopicPartition
 from c360.config import Settings
 from c360.model import events as ev
 from c360.model.events import Catalogue, encode
-from c360.run.pipeline import StoreSink
 from c360.store.memory import EntityStore
 from dataflows.customer360 import build_flow
+from dataflows.steps import StoreSink
 
 CAT = Catalogue("c360.")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -19,10 +19,11 @@ import pytest
 from kafka import KafkaProducer
 
 from c360.config import Settings
-from c360.dev.broker import EmbeddedBroker, S3Server, TopicWatch, create_topics
+from c360.dev.broker import EmbeddedBroker, S3Server
 from c360.errors import BrokerError
 from c360.model.events import Catalogue, encode
 from c360.run.pipeline import Pipeline
+from c360.topics.admin import TopicWatch, create_topics
 from tests.factories import CAT, by_id, message, mixed_events, read_dlq, run
 
 

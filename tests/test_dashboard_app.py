@@ -28,11 +28,12 @@ import pandas as pd
 import pytest
 
 from c360.config import Settings
-from c360.dev.broker import EmbeddedBroker, create_topics, free_port
+from c360.dev.broker import EmbeddedBroker, free_port
 from c360.dev.simulator import backfill, simulate
 from c360.errors import ConfigError
 from c360.model.events import Catalogue, CustomerDetails, encode
 from c360.sync.auth import REDACTED, Scope
+from c360.topics.admin import create_topics
 from dashboards.access import NARROW, load_scopes, scope_for
 from dashboards.finder import display_row, find
 from dashboards.tables import PatchedTable

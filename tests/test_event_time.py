@@ -16,7 +16,6 @@ import msgspec
 from confluent_kafka import Producer
 
 from c360.config import Settings
-from c360.dev.broker import create_topics
 from c360.dev.simulator import Item, generate
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import first_logic
@@ -28,6 +27,7 @@ from c360.model.delta import Delta
 from c360.model.events import Catalogue, encode
 from c360.run.pipeline import Pipeline
 from c360.store.memory import EntityStore
+from c360.topics.admin import create_topics
 from c360.topics.source import KafkaBatchSource, Merge, event_time_of
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)

@@ -26,13 +26,14 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.recovery import init_db_dir
 
 from c360.config import REPO_ROOT, Settings
-from c360.dev.broker import EmbeddedBroker, create_topics
+from c360.dev.broker import EmbeddedBroker
 from c360.dev.simulator import simulate
 from c360.entity.derive import EntityHooks
 from c360.errors import BrokerError
 from c360.model.events import Catalogue
 from c360.run.pipeline import Pipeline
 from c360.run.recovery import MARKER, PAUSE_ENV, RecoveryMismatch, prepare
+from c360.topics.admin import create_topics
 from c360.topics.sinks import KafkaSink
 from tests.factories import by_id
 

@@ -27,7 +27,7 @@ from c360.entity.logic import first_logic
 from c360.entity.shard import Shard
 from c360.model.events import Catalogue
 from c360.run.pipeline import run_until_idle
-from dataflows.customer360 import make_decoder
+from dataflows.steps import make_decoder
 from tests.factories import read_dlq
 
 CAT = Catalogue("c360.")

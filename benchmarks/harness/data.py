@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 import msgspec
 
 from c360.config import Settings
-from c360.dev.broker import create_topics
 from c360.dev.simulator import generate
 from c360.model.events import Catalogue, Event, encode
+from c360.topics.admin import create_topics
 
 SENTINEL_PREFIX = "~end."
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)

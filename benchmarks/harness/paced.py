@@ -22,9 +22,9 @@ import msgspec
 from benchmarks.harness.common import child_env
 from benchmarks.harness.data import SENTINEL_PREFIX, START, sentinel
 from c360.config import Settings
-from c360.dev.broker import create_topics
 from c360.dev.simulator import generate
 from c360.model.events import Catalogue, Event, encode
+from c360.topics.admin import create_topics
 
 PARTITIONS = 2
 

@@ -358,7 +358,7 @@ def replay(settings: Settings, *, data_dir: Path | None = None, speed: float = 0
     from kafka.errors import KafkaError
     from tqdm import tqdm
 
-    from c360.dev.broker import create_topics
+    from c360.topics.admin import create_topics
 
     if speed < 0:
         raise ConfigError(f"speed must be 0 (as fast as possible) or positive, not {speed}")

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from c360.config import Settings
-from c360.dev.broker import create_topics
 from c360.errors import BrokerError, ConfigError
 from c360.model import events as ev
 from c360.model.events import Catalogue, Event, encode
+from c360.topics.admin import create_topics
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer

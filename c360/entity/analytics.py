@@ -32,10 +32,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream
-from bytewax.operators import StatefulBatchLogic
-
 from c360.model.delta import Delta
 from c360.model.events import Event
 
@@ -180,28 +176,13 @@ class GlobalEntities:
         ]
 
 
-def global_analytics(partials: Stream[tuple[str, Any]], shards: int) -> Stream[list[Delta]]:
-    """Tumbling event-time windows over the shards' partials; deltas of global entities.
-
-    A window closes once every shard has reported, for every source partition that is not
-    idle, a watermark at or past its end (``("mark", ...)`` partials): the minimum over
-    them, Flink's rule. Every open window closes at the end of input. Partials of a window
-    already closed are too late and dropped, counted in ``GlobalWindows.late``.
-    """
-    keyed = op.map("by_global", partials, lambda kv: ("global", kv))
-    # keyed: ("global", (window length key, Acc) or ("mark", report)): one state for all
-    out = op.stateful_batch("global_windows", keyed,
-                            lambda resume: GlobalWindows(resume, 2 * shards))
-    # out: ("global", list[Delta]) per batch that closed windows
-    return op.map("global_deltas", out, lambda kv: kv[1])
-
-
 LENGTHS = {"minute": MINUTE, "five": FIVE}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-class GlobalWindows(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]):
-    """The open windows and the global entities, in one bytewax state.
+class GlobalWindows:
+    """The open windows and the global entities: one state for the whole dataflow (the
+    graph keeps it in one bytewax step, ``dataflows.steps.GlobalWindowsLogic``).
 
     Why not bytewax's ``fold_window``: with a live stream in small polls every shard batch
     makes its own partials, and the windowing operators' per-item and per-wake-up costs
@@ -232,7 +213,7 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]):
             self.marks: dict[tuple[str, int], tuple[float, bool]] = {}
         self._parts = 0
 
-    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[list[Delta]], bool]:
+    def on_batch(self, values: list[tuple[str, Any]]) -> list[list[Delta]]:
         moved = False
         for key, part in values:
             if key == "mark":
@@ -254,7 +235,7 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]):
             if mark is not None and (self.watermark is None or mark > self.watermark):
                 self.watermark = mark
         deltas = self._close(lambda end: self.watermark is not None and end <= self.watermark)
-        return ([deltas] if deltas else []), StatefulBatchLogic.RETAIN
+        return [deltas] if deltas else []
 
     def _min_mark(self) -> datetime | None:
         """The minimum watermark over every (shard, partition) that is not idle; None until
@@ -270,9 +251,9 @@ class GlobalWindows(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]):
             return None
         return _EPOCH + timedelta(seconds=low)
 
-    def on_eof(self) -> tuple[list[list[Delta]], bool]:
+    def on_eof(self) -> list[list[Delta]]:
         deltas = self._close(lambda end: True)
-        return ([deltas] if deltas else []), StatefulBatchLogic.RETAIN
+        return [deltas] if deltas else []
 
     def _close(self, due: Callable[[datetime], bool]) -> list[Delta]:
         deltas: list[Delta] = []

@@ -8,71 +8,33 @@ background thread for live use (the demo, a dashboard server, a notebook).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main
 
 from c360.config import Settings
-from c360.dev.broker import create_topics
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic, first_logic
-from c360.entity.rules import CATALOG
+from c360.entity.rules import RuleBook, RuleFn
+from c360.entity.segments import SegmentBook
 from c360.errors import C360Error, ConfigError
-from c360.model.delta import Delta
 from c360.model.events import Catalogue
 from c360.run.recovery import recovery_config
 from c360.store.memory import EntityStore
-from c360.store.replica import Materializer
-from c360.topics.changes import changes_sink, new_run_id
-from c360.topics.sinks import KafkaSink
+from c360.topics.admin import create_topics
+from c360.topics.changes import new_run_id
 from c360.topics.source import KafkaBatchSource
+from dataflows.customer360 import kafka_flow
 
 log = logging.getLogger(__name__)
-
-
-class _StorePartition(StatelessSinkPartition[list[Delta]]):
-    def __init__(self, store: EntityStore | Materializer) -> None:
-        self._store = store
-
-    def write_batch(self, items: list[list[Delta]]) -> None:
-        for deltas in items:
-            self._store.apply(deltas)
-
-
-class StoreSink(DynamicSink[list[Delta]]):
-    """Writes batches of deltas into an :class:`EntityStore` (every worker into the same one).
-
-    With ``recovering``, through a :class:`~c360.store.replica.Materializer`: a resumed dataflow
-    replays deltas, and a store that outlived the previous run must not take them twice.
-    """
-
-    def __init__(self, store: EntityStore, recovering: bool = False) -> None:
-        self.store = store
-        self._into: EntityStore | Materializer = Materializer(store) if recovering else store
-        self._lock = threading.Lock()
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        if isinstance(self._into, Materializer):
-            return _StorePartition(_Locked(self._into, self._lock))  # type: ignore[arg-type]
-        return _StorePartition(self._into)
-
-
-class _Locked:
-    """One materializer shared by the workers of a process: one apply at a time."""
-
-    def __init__(self, into: Materializer, lock: threading.Lock) -> None:
-        self._into, self._lock = into, lock
-
-    def apply(self, deltas: list[Delta]) -> None:
-        with self._lock:
-            self._into.apply(deltas)
 
 
 def c360_cause(exc: BaseException) -> BaseException:
@@ -105,13 +67,16 @@ class Pipeline:
                  idle_timeout: float | None = None, recovery_dir: str | Path | None = None,
                  snapshot_interval: float = 1.0, changes_topic: str | None = None,
                  hooks: EntityHooks | None = None, analytics: bool = True,
-                 addresses: list[str] | None = None, process_id: int = 0) -> None:
+                 addresses: list[str] | None = None, process_id: int = 0,
+                 rules: RuleBook | None = None, segments: SegmentBook | None = None) -> None:
         """``recovery_dir``: run with bytewax recovery there, snapshotting every
         ``snapshot_interval`` seconds (:mod:`c360.run.recovery`). ``changes_topic``: also
         publish every entity change there (:mod:`c360.topics.changes`; ``Catalogue.changes_topic``
         is the usual one). ``addresses``/``process_id``: this process's place in a cluster
         of dataflow processes (bytewax ``-a``/``-i``). ``hooks``, ``analytics``: see
-        ``build_flow``."""
+        ``build_flow``. ``rules``, ``segments``: this pipeline's rule book (with the product
+        index its offer rules read) and segment book; default: the built-in ones, fresh for
+        this pipeline (:attr:`rules`, :attr:`segments`, :meth:`rule`, :meth:`segment`)."""
         # Checked here, not found out after a run: idle_timeout=-5 would end at once with
         # an empty store, workers=0 would run nothing; both looked like "0 customers".
         if workers < 1:
@@ -136,41 +101,42 @@ class Pipeline:
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.snapshot_interval = snapshot_interval
         self.changes_topic = changes_topic
-        self.hooks = hooks
+        # Its own rules, product index and segments: two pipelines in one kernel never see
+        # each other's (a book given to both is shared, on purpose).
+        self.rules = rules if rules is not None else RuleBook.builtin()
+        self.segments = segments if segments is not None else SegmentBook.builtin()
+        # The hooks' settings as given, with this pipeline's books: a hooks object given to
+        # several pipelines is copied, never changed.
+        self.hooks = dataclasses.replace(
+            hooks if hooks is not None else EntityHooks(
+                allowed_lateness=timedelta(seconds=self.settings.allowed_lateness_s)),
+            rule_book=self.rules, segment_book=self.segments)
         self.analytics = analytics
         self.addresses = addresses or []
         self.process_id = process_id
         self.run_id = new_run_id()  # tags this run's records on the changes topic
 
-    def build(self) -> Dataflow:
-        from dataflows.customer360 import build_flow
+    def rule(self, name: str, **options: Any) -> Callable[[RuleFn], RuleFn]:
+        """Decorator: add a rule to this pipeline (``RuleBook.rule``; it runs from the next
+        event on, also while the pipeline runs)."""
+        return self.rules.rule(name, **options)
 
-        s = self.settings
-        brokers = s.require_bootstrap().split(",")
-        CATALOG.clear()  # a run starts from its own products, not an earlier run's
-        self.source = KafkaBatchSource(s.librdkafka(), self.catalogue.input_topics,
-                                       idle_timeout=self.idle_timeout, stop=self._stop,
-                                       unordered=[self.catalogue.commands_topic],
-                                       partition_idle=s.partition_idle_ms / 1000,
-                                       align_max=s.align_max)
-        # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
-        dlq = KafkaSink(brokers, self.catalogue.dlq_topic,
-                        add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
-                                    "partitioner": "murmur2_random"})
-        late = KafkaSink(brokers, self.catalogue.late_topic,
-                         add_config={**s.security.librdkafka(), "message.max.bytes": "20000000",
-                                     "partitioner": "murmur2_random"})
-        decisions = KafkaSink(brokers, self.catalogue.decisions_topic,
-                              add_config={**s.security.librdkafka(),
-                                          "partitioner": "murmur2_random"})
-        changes = changes_sink(s, self.changes_topic) if self.changes_topic else None
-        return build_flow(self.source, StoreSink(self.store, self.recoverable), dlq,
-                          late_sink=late, changes_sink=changes, run_id=self.run_id,
-                          hooks=self.hooks, analytics=self.analytics,
-                          decisions_sink=decisions, catalogue=self.catalogue,
-                          logic=self.logic, max_event_bytes=s.max_event_bytes,
-                          allowed_lateness=timedelta(seconds=s.allowed_lateness_s),
-                          recoverable=self.recoverable)
+    def segment(self, name: str, *, fields: Iterable[str]
+                ) -> Callable[[Callable[[Mapping[str, Any]], bool]],
+                              Callable[[Mapping[str, Any]], bool]]:
+        """Decorator: add a segment to this pipeline (``SegmentBook.segment``)."""
+        return self.segments.segment(name, fields=fields)
+
+    def build(self) -> Dataflow:
+        self.settings.require_bootstrap()
+        self.rules.products.clear()  # a run starts from its own products, not an earlier run's
+        wired = kafka_flow(self.settings, self.store, catalogue=self.catalogue,
+                           idle_timeout=self.idle_timeout, stop=self._stop,
+                           recoverable=self.recoverable, changes_topic=self.changes_topic,
+                           run_id=self.run_id, hooks=self.hooks, analytics=self.analytics,
+                           logic=self.logic)
+        self.source = wired.source
+        return wired.flow
 
     @property
     def as_of(self) -> datetime | None:
@@ -259,14 +225,16 @@ class Pipeline:
 def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
                    export: str | Path | None = None, workers: int = 1,
                    logic: Logic | None = first_logic,
-                   store: EntityStore | None = None) -> EntityStore:
+                   store: EntityStore | None = None, rules: RuleBook | None = None,
+                   segments: SegmentBook | None = None) -> EntityStore:
     """Consume every stream topic from the beginning until idle for ``idle`` seconds.
 
     Returns the store; with ``export``, also writes one row per customer there. Every
     customer is aged to the latest event time read, ``store.as_of`` (an ``as_of`` column
-    of the export; docs/event-time.md).
+    of the export; docs/event-time.md). ``rules``, ``segments``: as for :class:`Pipeline`.
     """
-    pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle)
+    pipeline = Pipeline(settings, store, workers=workers, logic=logic, idle_timeout=idle,
+                        rules=rules, segments=segments)
     pipeline.run()
     log.info("input ended; every customer is as of %s", pipeline.as_of)
     if export is not None:

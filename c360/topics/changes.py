@@ -30,7 +30,7 @@ from c360.topics.sinks import KafkaSink
 
 RUN_HEADER = "c360-run"
 # The stream of the deltas a resumed dataflow emits first: each entity's whole state at the
-# version its recovery snapshot holds (see dataflows.customer360.ShardLogic).
+# version its recovery snapshot holds (see dataflows.steps.ShardLogic).
 RESET_STREAM = "recovery"
 
 _ALLOWED = {

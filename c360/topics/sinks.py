@@ -4,7 +4,7 @@ bounded waits and delivery errors raised.
 Why not bytewax's as is: its partition produces a batch and then calls ``flush()`` with no
 timeout, and registers no delivery callback. With the broker gone that flush waits for
 librdkafka's ``message.timeout.ms`` (300 s by default) while the whole worker, its source
-and its :class:`~c360.dev.broker.TopicWatch` included, stands still (measured: a killed
+and its :class:`~c360.topics.admin.TopicWatch` included, stands still (measured: a killed
 memory broker left ``c360 run`` hanging for over 300 s); and when a record finally times
 out it is dropped without a word. Here every record has :data:`DELIVERY_TIMEOUT_S` to be
 acknowledged, and a record that is not ends the dataflow with a one-line
@@ -22,8 +22,8 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
-from c360.dev.broker import BROKER_GUIDANCE
 from c360.errors import BrokerError
+from c360.topics.admin import BROKER_GUIDANCE
 
 log = logging.getLogger(__name__)
 

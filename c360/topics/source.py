@@ -53,8 +53,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from c360.dev.broker import TopicWatch
+from c360.config import Settings
 from c360.errors import BrokerError
+from c360.topics.admin import TopicWatch
 
 Offsets = dict[str, int]  # topic -> next offset to read, for one partition index
 
@@ -423,6 +424,8 @@ class KafkaBatchSource(FixedPartitionedSource[Polled, Offsets]):
         return None if c is None else datetime.fromtimestamp(c, timezone.utc)
 
     def list_parts(self) -> list[str]:
+        if not self._config.get("bootstrap.servers"):
+            Settings().require_bootstrap()  # says how to name a cluster
         admin = AdminClient(self._config)
         try:
             meta = admin.list_topics(timeout=10)
