@@ -1,4 +1,9 @@
-"""The ``c360`` command: broker, simulate, replay, run, demo, bench.
+"""The ``c360`` command: broker, simulate, replay, run, bench, and the commands of other
+packages (``demo`` comes with the dashboards).
+
+Other packages add commands through the entry-point group ``c360.commands`` (see
+:class:`Command`): the library never imports the app, and a wheel without the dashboards
+has no demo.
 
 Every argument and setting is checked before any work starts, and the Kafka cluster is
 asked for its metadata (at most 5 s) before anything is read or produced. Whatever is
@@ -9,7 +14,6 @@ clients' own logs and the traceback of an unexpected error.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -19,9 +23,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from c360.config import Settings, check_topic_name, parse_bootstrap, quiet_kafka_clients
 from c360.errors import C360Error, ConfigError
@@ -31,7 +37,8 @@ BENCH_SECTIONS = range(1, 7)
 
 
 # -- checks: each raises a one-line error before any work -----------------------------------
-def _whole(minimum: int, maximum: int | None = None) -> Any:
+# whole, seconds and PORT are argument types for plugin commands too (see Command).
+def whole(minimum: int, maximum: int | None = None) -> Any:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -44,7 +51,7 @@ def _whole(minimum: int, maximum: int | None = None) -> Any:
     return parse
 
 
-def _seconds(*, zero: bool) -> Any:
+def seconds(*, zero: bool) -> Any:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -57,7 +64,7 @@ def _seconds(*, zero: bool) -> Any:
     return parse
 
 
-_PORT = _whole(0, 65535)
+PORT = whole(0, 65535)
 
 
 def _bootstrap(text: str) -> str:
@@ -114,47 +121,13 @@ def _export_path(text: str) -> Path:
 
 def _cluster(args: argparse.Namespace) -> Settings:
     """The settings with the cluster to use, checked: it answers within 5 s."""
-    from c360.dev.broker import check_reachable
+    from c360.topics.admin import check_reachable
 
     settings = Settings.from_env()
     if getattr(args, "bootstrap", None):
         settings = settings.with_bootstrap(args.bootstrap, "--bootstrap")
     check_reachable(settings)
     return settings
-
-
-def _check_tokens() -> None:
-    """Sync tokens (C360_TOKENS_FILE / C360_TOKENS): readable and valid, before a server
-    that would serve them starts."""
-    if not (os.environ.get("C360_TOKENS_FILE", "").strip()
-            or os.environ.get("C360_TOKENS", "").strip()):
-        return  # none configured: nothing to check, and c360.sync's imports take ~1 s
-    from c360.sync import TokenBook
-
-    TokenBook.from_env()
-
-
-def _check_dashboard_logins() -> None:
-    """The demo dashboard's users (C360_DASHBOARD_USERS: Panel's basic-auth file) and their
-    scopes (C360_DASHBOARD_SCOPES): readable and valid, before anything starts."""
-    users = os.environ.get("C360_DASHBOARD_USERS", "").strip()
-    if users.endswith(".json") or Path(users).is_file():
-        try:
-            table = json.loads(Path(users).read_text())
-        except OSError as exc:
-            raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: {exc.strerror or exc} (a "
-                              "JSON file of user -> password)") from None
-        except ValueError as exc:
-            raise ConfigError(f"C360_DASHBOARD_USERS={users!r} is not valid JSON: "
-                              f"{exc}") from None
-        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-            raise ConfigError(f"C360_DASHBOARD_USERS={users!r}: expected a JSON object of "
-                              "user -> password")
-    scopes = os.environ.get("C360_DASHBOARD_SCOPES", "").strip()
-    if scopes:
-        from dashboards.access import load_scopes
-
-        load_scopes(scopes)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -266,27 +239,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{store.count('customer')} customers, {store.count('product')} products{as_of}"
           + (f"; exported to {export}" if export else ""))
     return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from c360.dev.broker import check_port, check_reachable
-
-    if args.port and args.port == args.sync_port:
-        raise C360Error(f"--port and --sync-port are both {args.port}: give two ports")
-    check_port(args.port, "--port")
-    check_port(args.sync_port, "--sync-port")
-    settings = Settings.from_env()
-    _check_dashboard_logins()
-    _check_tokens()
-    if settings.bootstrap:
-        check_reachable(settings)
-    else:
-        check_port(settings.broker_port, "C360_BROKER_PORT")
-
-    from c360.dev.demo import run_demo
-
-    return run_demo(port=args.port, customers=args.customers, rate=args.rate,
-                    show=not args.no_browser, sync_port=args.sync_port, settings=settings)
 
 
 def _bench_harness() -> Any:
@@ -412,6 +364,82 @@ class _Progress:
         sys.stderr.flush()
 
 
+# -- commands of other packages ------------------------------------------------------------
+PLUGIN_GROUP = "c360.commands"
+BUILT_IN = ("broker", "simulate", "replay", "run", "bench")
+# Commands the docs promise, from a package an installation may lack: which one.
+EXPECTED_PLUGINS = {"demo": "the dashboards"}
+
+
+class Command(Protocol):
+    """A ``c360`` command from another package: the object an entry point of the group
+    ``c360.commands`` names, the entry point's name being the command's. For example, in
+    pyproject.toml::
+
+        [project.entry-points."c360.commands"]
+        demo = "dashboards.commands:demo"
+
+    Every ``c360`` invocation loads them all (for ``--help``), so the module an entry point
+    names should import little; ``run`` imports what the command needs. Errors are
+    :class:`C360Error`: one line, exit 2. ``whole``, ``seconds`` and ``PORT`` are argument
+    types that say what is wrong the way the built-in commands do.
+    """
+
+    help: str  # one line in `c360 --help`
+    description: str  # the head of `c360 NAME --help`
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def plugin_commands() -> dict[str, Callable[[], Command]]:
+    """The installed packages' commands by name, each loaded when called."""
+    return {ep.name: ep.load for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+class _Unavailable:
+    """Stands for a command that cannot run here; says why when invoked, whatever its
+    arguments (its parser takes them all)."""
+
+    description = ""
+
+    def __init__(self, name: str, why: str, todo: str) -> None:
+        self.help = f"(unavailable: {why})"
+        self._message = f"`c360 {name}` is unavailable: {why}; {todo}"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.set_defaults(_any_arguments=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise ConfigError(self._message)
+
+
+def _add_plugins(sub: Any, plugins: Mapping[str, Callable[[], Command]]) -> None:
+    for name in sorted({*plugins, *EXPECTED_PLUGINS}):
+        if name in BUILT_IN:  # the built-in stays
+            logging.getLogger(__name__).warning("ignored the plugin command %r: c360 has "
+                                                "a command of that name", name)
+            continue
+        command: Command
+        if name not in plugins:
+            command = _Unavailable(name, f"it comes with {EXPECTED_PLUGINS[name]}, not "
+                                         "installed here", "install c360 from a source "
+                                         "checkout (pip install -e .)")
+        else:
+            try:
+                command = plugins[name]()
+            except Exception as exc:  # a broken plugin must not break the other commands
+                command = _Unavailable(name, f"its plugin failed to load "
+                                             f"({type(exc).__name__}: {_one_line(exc)})",
+                                       f"reinstall the package with the {PLUGIN_GROUP!r} "
+                                       f"entry point {name!r}")
+        parser = sub.add_parser(name, help=command.help, description=command.description,
+                                add_help=not isinstance(command, _Unavailable))
+        command.add_arguments(parser)
+        parser.set_defaults(func=command.run)
+
+
 # -- the parser -----------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad argument as one line (not usage and the message on two)."""
@@ -436,7 +464,10 @@ cluster must answer within 5 s; whatever is wrong is one line on stderr, exit co
 EPILOG = "`c360 COMMAND --help` describes a command; the README lists the C360_* settings."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Mapping[str, Callable[[], Command]] | None = None,
+                 ) -> argparse.ArgumentParser:
+    """The parser; ``plugins`` (default: :func:`plugin_commands`) adds their commands."""
+    plugins = plugin_commands() if plugins is None else plugins
     p = _Parser(prog="c360", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -446,25 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("broker", help="run the embedded Kafka broker (Tansu)",
                        description="Run the embedded, memory-only Kafka broker (Tansu) with "
                                    "c360's topics until Ctrl-C; prints the address to export.")
-    b.add_argument("--port", type=_PORT, default=0,
+    b.add_argument("--port", type=PORT, default=0,
                    help="listen port (default: C360_BROKER_PORT, else a free one)")
-    b.add_argument("--partitions", type=_whole(1), default=None, metavar="N",
+    b.add_argument("--partitions", type=whole(1), default=None, metavar="N",
                    help="partitions per stream topic (default: C360_PARTITIONS, else 2)")
     b.set_defaults(func=_cmd_broker)
 
     s = sub.add_parser("simulate", help="produce every stream as a simulated retailer",
                        description="Produce every stream of a simulated retailer to Kafka, "
                                    "deterministic under --seed.")
-    s.add_argument("--customers", type=_whole(1), default=1000, metavar="N",
+    s.add_argument("--customers", type=whole(1), default=1000, metavar="N",
                    help="customers in the simulated shop (default 1000)")
-    s.add_argument("--rate", type=_seconds(zero=True), default=1000.0,
+    s.add_argument("--rate", type=seconds(zero=True), default=1000.0,
                    help="events per second (default 1000; 0: flat out)")
     stop = s.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=_seconds(zero=False), default=None,
+    stop.add_argument("--duration", type=seconds(zero=False), default=None,
                       help="seconds to run")
-    stop.add_argument("--events", type=_whole(1), default=None, metavar="N",
+    stop.add_argument("--events", type=whole(1), default=None, metavar="N",
                       help="events to produce")
-    s.add_argument("--seed", type=_whole(-(2**63)), default=42, metavar="K",
+    s.add_argument("--seed", type=whole(-(2**63)), default=42, metavar="K",
                    help="random seed (default 42)")
     s.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
@@ -477,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dataset", choices=["olist"], help="the dataset (olist)")
     r.add_argument("--data", default=None, metavar="DIR",
                    help="data directory (default: C360_OLIST_DIR, else ../shared/data/olist)")
-    r.add_argument("--speed", type=_seconds(zero=True), default=0.0,
+    r.add_argument("--speed", type=seconds(zero=True), default=0.0,
                    help="event-time seconds per wall second (0: as fast as possible)")
     r.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
@@ -489,12 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the beginning: live until killed, or with --until-idle "
                                    "until the topics are quiet, then print (and --export) "
                                    "one row per customer.")
-    u.add_argument("--until-idle", type=_seconds(zero=False), default=None, metavar="SECONDS",
+    u.add_argument("--until-idle", type=seconds(zero=False), default=None, metavar="SECONDS",
                    help="stop when every topic was idle this long (default: run until killed)")
     u.add_argument("--recovery-dir", default=None, metavar="DIR",
                    help="bytewax recovery partitions (created when missing); a restart with "
                         "the same DIR resumes where the last snapshot left off")
-    u.add_argument("--snapshot-interval", type=_seconds(zero=False), default=1.0,
+    u.add_argument("--snapshot-interval", type=seconds(zero=False), default=1.0,
                    metavar="SECONDS",
                    help="with --recovery-dir: seconds between snapshots (default 1)")
     u.add_argument("--changes", nargs="?", const="", default=None, metavar="TOPIC",
@@ -504,11 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "an event of theirs; the export is then not as of the end of the data)")
     u.add_argument("--addresses", default=None, metavar="HOST:PORT;HOST:PORT",
                    help="every dataflow process of a cluster (bytewax -a)")
-    u.add_argument("--process-id", type=_whole(0), default=0, metavar="I",
+    u.add_argument("--process-id", type=whole(0), default=0, metavar="I",
                    help="this process's index in --addresses (-i)")
     u.add_argument("--export", default=None, metavar="PATH",
                    help="one row per customer at the end: .parquet, .csv or .jsonl")
-    u.add_argument("--workers", type=_whole(1), default=1, metavar="N",
+    u.add_argument("--workers", type=whole(1), default=1, metavar="N",
                    help="worker threads (default 1)")
     u.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
@@ -517,20 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "terminal, else prints one every 10 s for --until-idle runs")
     u.set_defaults(func=_cmd_run)
 
-    d = sub.add_parser("demo", help="broker + simulator + dataflow + live page, until Ctrl-C",
-                       description="Everything at once until Ctrl-C: the embedded broker (or "
-                                   "C360_KAFKA_BOOTSTRAP's cluster), a simulated shop, the "
-                                   "dataflow, the live page, the dashboard and the sync server.")
-    d.add_argument("--port", type=_PORT, default=5006,
-                   help="web port (default 5006; 0: a free one)")
-    d.add_argument("--customers", type=_whole(1), default=500, metavar="N",
-                   help="customers in the simulated shop (default 500)")
-    d.add_argument("--rate", type=_seconds(zero=False), default=200.0,
-                   help="simulated events per second (default 200)")
-    d.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    d.add_argument("--sync-port", type=_PORT, default=0, metavar="PORT",
-                   help="port of the sync WebSocket server (default: a free one)")
-    d.set_defaults(func=_cmd_demo)
+    _add_plugins(sub, plugins)
 
     bn = sub.add_parser("bench", help="benchmarks: ratios to the Python limit, peers, latency",
                         description="Benchmarks in one run: ratios to a bare Python Kafka "
@@ -553,8 +571,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None,
+         plugins: Mapping[str, Callable[[], Command]] | None = None) -> int:
+    parser = build_parser(plugins)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # as parse_args says
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

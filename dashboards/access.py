@@ -28,6 +28,7 @@ from c360.sync.auth import Scope
 NARROW = Scope(name="narrow", pii=False, commands=[])
 FULL = Scope(name="full", pii=True, commands=["*"])
 ENV = "C360_DASHBOARD_SCOPES"
+USERS_ENV = "C360_DASHBOARD_USERS"  # Panel's basic-auth users: see check_users
 
 
 def load_scopes(path: str | Path) -> dict[str, Scope]:
@@ -51,6 +52,27 @@ def load_scopes(path: str | Path) -> dict[str, Scope]:
             raise ConfigError(f"{path}: user {user!r}: {exc}") from None
         out[user] = scope if scope.name else msgspec.structs.replace(scope, name=user)
     return out
+
+
+def check_users(value: str) -> None:
+    """``C360_DASHBOARD_USERS`` as Panel's ``basic_auth`` reads it: a file of
+    ``{user: password}`` (JSON), else one password for every user. A ``.json`` name that
+    cannot be read, or a file that is not such an object, is a :class:`ConfigError` before
+    any server starts: Panel reads the file only at each login (``BasicLoginHandler``), and
+    takes a missing file's name for the password."""
+    value = value.strip()
+    if not (value.endswith(".json") or Path(value).is_file()):
+        return  # a password
+    try:
+        table = json.loads(Path(value).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{USERS_ENV}={value!r}: {exc.strerror or exc} (a JSON file of "
+                          "user -> password)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{USERS_ENV}={value!r} is not valid JSON: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigError(f"{USERS_ENV}={value!r}: expected a JSON object of "
+                          "user -> password")
 
 
 def scope_for(user: str | None, scopes: Mapping[str, Scope] | None = None,

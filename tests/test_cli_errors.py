@@ -170,7 +170,7 @@ def test_a_bad_invocation_is_one_line_and_exit_2(name: str, places: dict[str, st
 def test_a_demo_error_goes_to_stderr(places: dict[str, str]) -> None:
     """An error inside the demo itself (not the CLI's checks) is one line on stderr too;
     stdout keeps only the demo's own lines ("stopping...", "stopped")."""
-    code = ("import sys; from c360.dev.demo import run_demo; "
+    code = ("import sys; from dashboards.demo import run_demo; "
             f"sys.exit(run_demo(port={places['busy']}, show=False))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("C360_")}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,

@@ -218,6 +218,80 @@ def test_one_pipeline_per_server_process(settings: Settings) -> None:
     assert not pipeline.alive()
 
 
+# -- `c360 demo` is the dashboards' command, which the library does not import -------------------
+
+def _names_dashboards(text: object) -> bool:
+    """A module path or entry-point value in the dashboards package."""
+    return isinstance(text, str) and re.match(r"dashboards(\.|:|$)", text) is not None
+
+
+def test_the_library_never_imports_the_dashboards() -> None:
+    """No module under c360/ imports the app: not at the top, not inside a function, not
+    by a module name in a string (importlib, __import__)."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "c360").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[object] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Call):
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            found += [f"{path.relative_to(REPO)}:{node.lineno}: {n}"
+                      for n in names if _names_dashboards(n)]
+    assert not found, found
+
+
+def test_the_demo_command_comes_from_its_entry_point() -> None:
+    """`c360 demo` is the entry point the dashboards declare (pyproject.toml); building the
+    parser loads only dashboards.commands, not the demo (Panel, the pipeline: ~2 s)."""
+    from importlib.metadata import entry_points
+
+    from c360 import cli
+    from dashboards.commands import demo
+
+    [point] = [ep for ep in entry_points(group=cli.PLUGIN_GROUP) if ep.name == "demo"]
+    assert point.value == "dashboards.commands:demo"  # else: pip install -e . again
+    assert point.load() is demo
+    args = cli.build_parser().parse_args(["demo", "--port", "0", "--rate", "5"])
+    assert args.func == demo.run and (args.port, args.rate, args.customers) == (0, 5.0, 500)
+    code = ("import sys; from c360.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('dashboards', 'panel'))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "['dashboards', 'dashboards.commands']", done.stdout
+
+
+def _broken() -> Any:
+    raise ModuleNotFoundError("No module named 'panel'")
+
+
+@pytest.mark.parametrize(("plugins", "says"), [
+    ({}, "`c360 demo` is unavailable: it comes with the dashboards, not installed here; "
+         "install c360 from a source checkout (pip install -e .)"),
+    ({"demo": _broken}, "`c360 demo` is unavailable: its plugin failed to load "
+                        "(ModuleNotFoundError: No module named 'panel')"),
+])
+def test_demo_without_its_plugin_is_one_line_and_exit_2(
+        plugins: dict[str, Any], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wheel without the dashboards (or a plugin that fails to import) still has every
+    other command, and `c360 demo` says why it cannot run, whatever its arguments."""
+    from c360 import cli
+
+    assert cli.main(["demo", "--no-browser", "--port", "0"], plugins=plugins) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and says in err, err
+    assert cli.build_parser(plugins).parse_args(["broker", "--port", "0"]).port == 0
+    with pytest.raises(SystemExit) as exited:  # argparse's own errors are as before
+        cli.main(["broker", "--bogus"], plugins=plugins)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == ("c360: error: unrecognized arguments: --bogus "
+                                       "(see c360 --help)\n")
+
+
 # -- the acceptance test ------------------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:

@@ -3,9 +3,11 @@
     embedded Kafka (child process) <- simulator thread (every stream)
                                    -> dataflow thread -> entity store -> Panel server thread
 
-The main thread only waits: for Ctrl-C / SIGTERM, or for a part to fail. Then it
-stops everything in dependency order (producer, dataflow, web server, broker),
-so that the process exits 0 and leaves no broker process behind.
+``c360 demo`` (:mod:`dashboards.commands`, which the library's CLI finds through the
+``c360.commands`` entry point) checks its arguments and settings, then calls
+:func:`run_demo`. The main thread only waits: for Ctrl-C / SIGTERM, or for a part to
+fail. Then it stops everything in dependency order (producer, dataflow, web server,
+broker), so that the process exits 0 and leaves no broker process behind.
 
 Stdout carries lines that scripts and tests rely on::
 
