@@ -14,13 +14,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from c360.errors import C360Error
+from c360.errors import CommandError, UnknownCommand
 
 NOTES_MAX = 20  # notes kept per customer, newest first
-
-
-class CommandError(C360Error):
-    """A command with an unknown name or bad arguments."""
 
 
 class GrantPoints(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -58,10 +54,11 @@ OFFERS_MAX = 20  # offers sent kept per customer, newest first
 
 
 def parse_args(name: str, args: dict[str, Any]) -> msgspec.Struct:
-    """The command's typed arguments, or :class:`CommandError` saying what is wrong."""
+    """The command's typed arguments; :class:`UnknownCommand` or :class:`CommandError`
+    saying what is wrong."""
     schema = COMMANDS.get(name)
     if schema is None:
-        raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
+        raise UnknownCommand(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
     if not isinstance(args, dict):
         raise CommandError(f"{name}: args must be an object")
     try:

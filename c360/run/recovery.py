@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from c360.errors import BrokerError, ConfigError
+from c360.errors import BrokerError, ConfigError, RecoveryMismatch
 
 PARTITION_GLOB = "part-*.sqlite3"
 MARKER = "c360-recovery.json"  # written last: the directory is set up once it exists
@@ -48,10 +48,6 @@ _FORMAT = 1
 # For tests only: a file to create once the partitions exist but the set-up is not yet
 # complete, then wait there to be killed (the test's kill -9 lands mid-set-up every time).
 PAUSE_ENV = "C360_TEST_PAUSE_RECOVERY_SETUP"
-
-
-class RecoveryMismatch(ConfigError):
-    """The recovery directory belongs to topics that have since been re-created or lost."""
 
 
 def prepare(directory: str | Path, partitions: int = 1, *,

@@ -216,8 +216,7 @@ class EntityStore:
         if fields is not None:
             keep = ["id", "version", *fields]
             rows = [{k: r.get(k) for k in keep} for r in rows]
-        df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
-        return df.set_index("id", drop=False).rename_axis(None)
+        return entity_frame(rows)
 
     # -- subscribing -----------------------------------------------------------------------
     def subscribe(self, callback: Callback, ids: str | Iterable[str] | None = None,
@@ -283,6 +282,13 @@ class EntityStore:
         else:
             df.to_parquet(path, index=False)
         return path
+
+
+def entity_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Entities as a frame, one row each, indexed by id; nested objects flattened to
+    ``parent.child`` columns. The store, the sync client and the local replica all use it."""
+    df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
+    return df.set_index("id", drop=False).rename_axis(None)
 
 
 def _exported(entity: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from c360.errors import C360Error
+from c360.errors import NotConnected, VersionTimeout, from_wire
+from c360.store.memory import entity_frame
+from c360.sync.protocol import unescape
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +41,12 @@ EventCallback = Callable[[dict[str, Any]], None]
 _JSON = msgspec.json.Encoder()
 
 
-class SyncError(C360Error):
-    """The server refused a request; ``code`` says why (forbidden, token_expired, ...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
 def apply_ops(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
     """Apply a JSON Patch in place; top-level add/replace (all c360 sends) take a fast path."""
     for op in ops:
         path = op["path"]
         if op["op"] in ("add", "replace") and path.count("/") == 1:
-            doc[path[1:].replace("~1", "/").replace("~0", "~")] = op["value"]
+            doc[unescape(path)] = op["value"]
         else:
             jsonpatch.apply_patch(doc, [op], in_place=True)
 
@@ -142,8 +136,7 @@ class Replica:
         """One row per synced entity (with its version), nested fields flattened."""
         with self._lock:
             rows = [{**e, "version": self.versions[k]} for k, e in self.entities.items()]
-        df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
-        return df.set_index("id", drop=False).rename_axis(None)
+        return entity_frame(rows)
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -173,14 +166,14 @@ class Replica:
         data = _JSON.encode({**message, "id": rid}).decode()
         ws = self._ws
         if ws is None:
-            raise SyncError("closed", "not connected")
+            raise NotConnected("not connected")
         asyncio.run_coroutine_threadsafe(ws.send(data), self._loop).result(self.timeout)
         try:
             reply = future.result(timeout or self.timeout)
         finally:
             self._replies.pop(rid, None)
         if reply.get("type") == "error":
-            raise SyncError(reply["code"], reply["message"])
+            raise from_wire(reply)
         return reply
 
     def _wait_version(self, entity: str, version: int, timeout: float | None = None) -> None:
@@ -190,7 +183,7 @@ class Replica:
                 return
             self._version_waiters.append((entity, version, done))
         if not done.wait(timeout or self.timeout):
-            raise SyncError("timeout", f"{entity} did not reach version {version}")
+            raise VersionTimeout(f"{entity} did not reach version {version}", entity=entity)
 
     async def _read(self) -> None:
         assert self._ws is not None
@@ -275,8 +268,9 @@ class Replica:
 
 
 def connect(url: str, token: str, *, timeout: float = 10.0) -> Replica:
-    """Connect to a c360 sync server and authenticate; raises :class:`SyncError` when the
-    token is refused."""
+    """Connect to a c360 sync server and authenticate; raises the
+    :class:`~c360.errors.SyncError` the server refuses the token with (``InvalidToken``,
+    ``TokenExpired``)."""
     started = time.monotonic()
     replica = Replica(url, token, timeout=timeout)
     log.debug("connected to %s in %.3fs", url, time.monotonic() - started)

@@ -17,11 +17,12 @@ from typing import Any
 import pandas as pd
 
 from c360.config import Settings
-from c360.errors import C360Error
+from c360.errors import CommandTimeout, Unavailable
 from c360.model.commands import parse_args
 from c360.model.delta import Delta
 from c360.model.events import Catalogue, Command, encode
-from c360.store.memory import EntityStore, Subscription
+from c360.store.memory import EntityStore, Subscription, entity_frame
+from c360.sync.protocol import escape
 
 ChangeCallback = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
 
@@ -72,8 +73,7 @@ class LocalReplica:
     def dataframe(self) -> pd.DataFrame:
         with self._lock:
             rows = [{**e, "version": self.versions[k]} for k, e in self.entities.items()]
-        df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
-        return df.set_index("id", drop=False).rename_axis(None)
+        return entity_frame(rows)
 
     def command(self, entity: str, name: str, *, timeout: float = 30.0, issued_by: str = "local",
                 **args: Any) -> int:
@@ -81,7 +81,7 @@ class LocalReplica:
         ``issued_by`` is recorded with the command (the dashboard passes its user)."""
         parse_args(name, args)
         if self.settings is None:
-            raise C360Error("commands need Kafka: c360.local(store, settings)")
+            raise Unavailable("commands need Kafka: c360.local(store, settings)", entity=entity)
         from kafka import KafkaProducer
 
         event = Command(event_id=f"cmd-{uuid.uuid4().hex}", event_time=datetime.now(timezone.utc),
@@ -100,7 +100,8 @@ class LocalReplica:
             producer.send(Catalogue(self.settings.topic_prefix).commands_topic,
                           key=entity.encode(), value=encode(event)).get(timeout=10)
             if not done.wait(timeout):
-                raise C360Error(f"command {name} on {entity} not applied within {timeout:g}s")
+                raise CommandTimeout(f"command {name} on {entity} not applied within "
+                                     f"{timeout:g}s", entity=entity)
         finally:
             producer.close(timeout=5)
             sub.close()
@@ -144,8 +145,7 @@ class LocalReplica:
                 k: v for k, v in d.changes.items() if k in wanted}
             self.entities[d.entity_id].update(changes)
             self.versions[d.entity_id] = d.version
-            ops = [{"op": "add", "path": "/" + k.replace("~", "~0").replace("/", "~1"),
-                    "value": v} for k, v in changes.items()]
+            ops = [{"op": "add", "path": escape(k), "value": v} for k, v in changes.items()]
             self._notify(d.entity_id, ops)
 
     def _notify(self, eid: str, ops: list[dict[str, Any]]) -> None:

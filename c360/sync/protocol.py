@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from c360.errors import BadRequest, SyncError
+
 RequestId = str | int | float | None
 
 
@@ -60,22 +62,16 @@ _DECODER = msgspec.json.Decoder(ClientMessage)
 _ENCODER = msgspec.json.Encoder()
 
 
-class BadMessage(ValueError):
-    """A client message that is not valid JSON or not a known request."""
-
-    def __init__(self, message: str, request: RequestId = None) -> None:
-        super().__init__(message)
-        self.request = request  # the frame's top-level "id", so that the reply can echo it
-
-
 def decode(raw: str | bytes) -> ClientMessage:
+    """The request in a frame, or :class:`~c360.errors.BadRequest` whose ``request`` is the
+    frame's top-level ``"id"`` (so that the reply can echo it)."""
     try:
         return _DECODER.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise BadMessage(str(exc), request_id(raw)) from None
+        raise BadRequest(f"not a valid request: {exc}", request=request_id(raw)) from None
     except RecursionError:  # msgspec recurses per level of nesting of an untyped value (args)
-        raise BadMessage("nested too deeply (at most a few hundred levels)",
-                         request_id(raw)) from None
+        raise BadRequest("not a valid request: nested too deeply (at most a few hundred "
+                         "levels)", request=request_id(raw)) from None
 
 
 # A JSON string, or a bracket: enough to find the top-level keys of a broken frame.
@@ -152,11 +148,19 @@ def escape(field: str) -> str:
     return "/" + field.replace("~", "~0").replace("/", "~1")
 
 
-def error(code: str, message: str, request: RequestId = None,
-          entity: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message, "id": request}
-    if entity is not None:
-        out["entity"] = entity
+def unescape(pointer: str) -> str:
+    """The top-level field name of an RFC 6901 JSON pointer (``escape``'s inverse)."""
+    return pointer[1:].replace("~1", "/").replace("~0", "~")
+
+
+def error(exc: SyncError, request: RequestId = None) -> dict[str, Any]:
+    """The error message that refuses a request with ``exc``: its code is the exception
+    type's (``docs/sync-protocol.md`` lists them), never read from its text. ``request``
+    defaults to the id the exception carries."""
+    out: dict[str, Any] = {"type": "error", "code": exc.code, "message": str(exc),
+                           "id": exc.request if request is None else request}
+    if exc.entity is not None:
+        out["entity"] = exc.entity
     return out
 
 

@@ -31,8 +31,22 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from c360.config import Settings
-from c360.errors import C360Error
-from c360.model.commands import CommandError, parse_args
+from c360.errors import (
+    BadRequest,
+    C360Error,
+    CommandError,
+    CommandFailed,
+    CommandTimeout,
+    Forbidden,
+    InvalidToken,
+    NotFound,
+    SyncError,
+    TokenExpired,
+    TokenRevoked,
+    Unauthenticated,
+    Unavailable,
+)
+from c360.model.commands import parse_args
 from c360.model.delta import LIFECYCLE_TYPES, Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.model.events import Command as CommandEvent
@@ -288,12 +302,12 @@ class _Connection:
         scope = self.server.tokens.scope(self.key)
         if scope is not None and not scope.expired():
             return scope
-        code, why = (("token_revoked", "your token was revoked") if scope is None else
-                     ("token_expired", f"your token expired at {scope.expires_at.isoformat()}"))
+        then = "; every subscription was closed; authenticate again to continue"
+        ended = (TokenRevoked("your token was revoked" + then) if scope is None else
+                 TokenExpired(f"your token expired at {scope.expires_at.isoformat()}" + then))
         self.key = None
         self.drop_subscriptions()
-        self.replies.append(p.error(code, why + "; every subscription was closed; "
-                                    "authenticate again to continue"))
+        self.replies.append(p.error(ended))
         return None
 
     def _next_message(self) -> dict[str, Any] | None:
@@ -558,9 +572,9 @@ class SyncServer:
             for event_id, w in list(self._waiters.items()):
                 if now > w.deadline:
                     del self._waiters[event_id]
-                    w.conn.reply(p.error("command_timeout", "the command was produced but not "
-                                         f"seen applied within {self.limits.ack_timeout:g}s",
-                                         w.request, w.entity))
+                    w.conn.reply(p.error(CommandTimeout(
+                        "the command was produced but not seen applied within "
+                        f"{self.limits.ack_timeout:g}s", entity=w.entity), w.request))
             for conn in self._connections:
                 if conn.key is not None:
                     conn.wake.set()  # the writer re-checks the token
@@ -673,11 +687,13 @@ class SyncServer:
             async for raw in ws:
                 try:
                     message = p.decode(raw)
-                except p.BadMessage as exc:
-                    conn.reply(p.error("bad_request", f"not a valid request: {exc}",
-                                       exc.request))
+                except SyncError as exc:  # BadRequest, carrying the frame's id if it has one
+                    conn.reply(p.error(exc))
                     continue
-                self._on_message(conn, message)
+                try:
+                    self._on_message(conn, message)
+                except SyncError as exc:  # the request is refused: the code is exc's type's
+                    conn.reply(p.error(exc, message.id))
         except ConnectionClosed:
             pass
         finally:
@@ -695,7 +711,7 @@ class SyncServer:
         if isinstance(m, p.Auth):
             self._on_auth(conn, m)
             return
-        scope = self._authorized(conn, m.id)
+        scope = self._authorized(conn)
         if scope is None:
             return
         if isinstance(m, p.Sync):
@@ -714,54 +730,42 @@ class SyncServer:
         conn.drop_subscriptions()  # a new token starts from nothing
         found = self.tokens.lookup(m.token)
         if found is None:
-            conn.reply(p.error("invalid_token", "unknown token", m.id))
-            return
+            raise InvalidToken("unknown token")
         key, scope = found
         if scope.expired():
-            conn.reply(p.error("token_expired", "this token expired at "
-                               f"{scope.expires_at.isoformat()}", m.id))  # type: ignore[union-attr]
-            return
+            raise TokenExpired("this token expired at "
+                               f"{scope.expires_at.isoformat()}")  # type: ignore[union-attr]
         conn.key = key
         conn.reply({"type": "authenticated", "id": m.id, "scope": scope.describe()})
 
-    def _authorized(self, conn: _Connection, request: p.RequestId) -> Scope | None:
+    def _authorized(self, conn: _Connection) -> Scope | None:
         if conn.key is None:
-            conn.reply(p.error("unauthenticated", "send {\"type\": \"auth\", \"token\": ...} "
-                               "first", request))
-            return None
+            raise Unauthenticated('send {"type": "auth", "token": ...} first')
         scope = self.tokens.scope(conn.key)
         if scope is None or scope.expired():
             conn._scope()  # ends the subscriptions and says why
             return None
         return scope
 
-    def _fields(self, conn: _Connection, scope: Scope, wanted: list[str] | None,
-                request: p.RequestId, entity: str) -> frozenset[str] | None | bool:
-        """The field selection, or False after replying with an error."""
+    @staticmethod
+    def _fields(scope: Scope, wanted: list[str] | None, entity: str) -> frozenset[str] | None:
+        """The field selection; :class:`Forbidden` if it reaches outside the scope."""
         if wanted is None:
             return None
         outside = scope.fields_outside(wanted)
         if outside:
-            conn.reply(p.error("forbidden", f"fields outside your token's scope: "
-                               f"{', '.join(sorted(outside))}", request, entity))
-            return False
+            raise Forbidden(f"fields outside your token's scope: {', '.join(sorted(outside))}",
+                            entity=entity)
         return frozenset(wanted)
 
-    def _entity_refused(self, conn: _Connection, scope: Scope, eid: str,
-                        request: p.RequestId) -> bool:
+    def _check_entity(self, scope: Scope, eid: str) -> None:
         entity = self.store.get(eid) if scope.segment else None
-        if scope.allows_entity(eid, entity):
-            return False
-        # The same answer whether or not the entity exists: existence is not leaked either.
-        conn.reply(p.error("forbidden", f"entity {eid!r} is outside your token's scope",
-                           request, eid))
-        return True
+        if not scope.allows_entity(eid, entity):
+            # The same answer whether or not the entity exists: existence is not leaked either.
+            raise Forbidden(f"entity {eid!r} is outside your token's scope", entity=eid)
 
     def _on_sync(self, conn: _Connection, scope: Scope, m: p.Sync) -> None:
-        fields = self._fields(conn, scope, m.fields, m.id, m.entity)
-        if fields is False:
-            return
-        assert not isinstance(fields, bool)
+        fields = self._fields(scope, m.fields, m.entity)
         if m.entity == "*":
             for eid, view in list(conn.views.items()):
                 if not view.explicit:
@@ -785,20 +789,15 @@ class SyncServer:
                         "fields": m.fields, "segment": m.segment})
             conn.wake.set()
             return
-        if self._entity_refused(conn, scope, m.entity, m.id):
-            return
+        self._check_entity(scope, m.entity)
         conn.views[m.entity] = _View(fields)
         self._watch(conn, m.entity)
         conn.reply({"type": "synced", "id": m.id, "entity": m.entity, "fields": m.fields})
         conn._owe_snapshot(m.entity)
 
     def _on_resume(self, conn: _Connection, scope: Scope, m: p.Resume) -> None:
-        fields = self._fields(conn, scope, m.fields, m.id, m.entity)
-        if fields is False:
-            return
-        assert not isinstance(fields, bool)
-        if self._entity_refused(conn, scope, m.entity, m.id):
-            return
+        fields = self._fields(scope, m.fields, m.entity)
+        self._check_entity(scope, m.entity)
         view = conn.views[m.entity] = _View(fields, version=m.from_version)
         self._watch(conn, m.entity)
         conn.pending.pop(m.entity, None)
@@ -834,34 +833,25 @@ class SyncServer:
         types = frozenset(m.types) if m.types is not None else LIFECYCLE_TYPES
         unknown = types - LIFECYCLE_TYPES
         if unknown:
-            conn.reply(p.error("bad_request", f"unknown lifecycle types {sorted(unknown)}; "
-                               f"known: {sorted(LIFECYCLE_TYPES)}", m.id))
-            return
+            raise BadRequest(f"unknown lifecycle types {sorted(unknown)}; "
+                             f"known: {sorted(LIFECYCLE_TYPES)}")
         conn.lifecycle = _LifecycleSub(types, frozenset(m.entities) if m.entities else None)
         self._lifecycles.add(conn)
         conn.reply({"type": "lifecycle_subscribed", "id": m.id, "types": sorted(types)})
 
     def _on_command(self, conn: _Connection, scope: Scope, m: p.Command) -> None:
         if not scope.allows_command(m.name):
-            conn.reply(p.error("forbidden", f"command {m.name!r} is not allowed by your token",
-                               m.id, m.entity))
-            return
-        if self._entity_refused(conn, scope, m.entity, m.id):
-            return
+            raise Forbidden(f"command {m.name!r} is not allowed by your token", entity=m.entity)
+        self._check_entity(scope, m.entity)
         try:
             parse_args(m.name, m.args)
-        except CommandError as exc:
-            code = "unknown_command" if "unknown command" in str(exc) else "bad_args"
-            conn.reply(p.error(code, str(exc), m.id, m.entity))
-            return
+        except CommandError as exc:  # the same type (UnknownCommand too), with the entity
+            raise type(exc)(str(exc), entity=m.entity) from None
         entity = self.store.get(m.entity)
         if entity is None or entity.get("kind") != "customer":
-            conn.reply(p.error("not_found", f"no customer {m.entity!r}", m.id, m.entity))
-            return
+            raise NotFound(f"no customer {m.entity!r}", entity=m.entity)
         if self.settings is None:
-            conn.reply(p.error("unavailable", "this server takes no commands (no Kafka)",
-                               m.id, m.entity))
-            return
+            raise Unavailable("this server takes no commands (no Kafka)", entity=m.entity)
         event = CommandEvent(event_id=f"cmd-{uuid.uuid4().hex}",
                              event_time=datetime.now(timezone.utc), customer_id=m.entity,
                              name=m.name, args=m.args, issued_by=scope.name)
@@ -876,8 +866,8 @@ class SyncServer:
             await loop.run_in_executor(None, self._send_blocking, event)
         except Exception as exc:
             self._waiters.pop(event.event_id, None)
-            conn.reply(p.error("command_failed", f"could not write the command to Kafka: {exc}",
-                               m.id, m.entity))
+            conn.reply(p.error(CommandFailed(f"could not write the command to Kafka: {exc}",
+                                             entity=m.entity), m.id))
 
     def _send_blocking(self, event: CommandEvent) -> None:
         from kafka import KafkaProducer
