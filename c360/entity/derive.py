@@ -245,5 +245,3 @@ def _complete(d: rules_mod.Decision, r: rules_mod.Rule, entity_id: str,
                               event_ids=ids, at=event.event_time, customer_id=entity_id,
                               key=d.key, marketing=r.marketing)
 
-
-ALLOWED_LATENESS = timedelta(hours=1)

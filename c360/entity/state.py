@@ -228,11 +228,6 @@ def fold_search(s: EntityState, e: ev.Search) -> Changes | None:
     return None if cart is None else {"cart": cart}
 
 
-def _older(current: dict | None, e: ev.Event) -> bool:
-    """A late event must not replace a newer reading."""
-    return current is not None and current["at"] > e.event_time
-
-
 LEFT, ADDED = 0, 1  # at equal times, leaving the cart wins
 
 
@@ -260,17 +255,6 @@ def _mark_cart(s: EntityState, products: list[str], t: datetime, action: int) ->
 def _older(current: dict | None, e: ev.Event) -> bool:
     """A late event must not replace a newer reading."""
     return current is not None and current["at"] > e.event_time
-
-
-def _bought_since(f: dict[str, Any], product_id: str, t: datetime) -> bool:
-    """Whether a recent order at or after ``t`` holds the product.
-
-    Streams are separate topics, so an add-to-cart can be read after the order
-    that emptied the cart; event time tells which came first. Folds touching a
-    field from two streams must give the same result in either reading order.
-    """
-    return any(o["order_date"] >= t and any(li["product_id"] == product_id for li in o["lines"])
-               for o in f.get("recent_orders") or ())
 
 
 def fold_location(s: EntityState, e: ev.Location) -> Changes | None:
