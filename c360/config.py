@@ -228,3 +228,15 @@ class Settings:
         """Base kafka-python config: bootstrap servers plus security settings."""
         return {"bootstrap_servers": self.require_bootstrap().split(","),
                 **self.security.kafka_python()}
+
+
+def producer_config(settings: Settings, **overrides: str | int) -> dict[str, str]:
+    """The librdkafka config of a c360 producer (the dataflow's sinks): the cluster, its
+    security, and ``murmur2_random``, the partitioner kafka-python uses, so that a record
+    keyed by customer id lands in the partition index that customer's events have.
+    ``overrides`` spell librdkafka's dots as underscores (``linger_ms=5``). The cluster may
+    still be unset (building a dataflow graph needs none; running it does)."""
+    config = {"bootstrap.servers": settings.bootstrap, **settings.security.librdkafka(),
+              "partitioner": "murmur2_random"}
+    config.update((name.replace("_", "."), str(value)) for name, value in overrides.items())
+    return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from c360.config import Settings
+from c360.config import Settings, producer_config
 from c360.errors import ConfigError, InvalidEvent
 from c360.model import events as ev
 from c360.model.events import Catalogue, encode
@@ -25,6 +25,12 @@ def test_security_settings_reach_both_kafka_clients(monkeypatch) -> None:
     assert s.librdkafka() == {
         "bootstrap.servers": "k1:9093,k2:9093", "security.protocol": "SASL_SSL",
         "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "svc", "sasl.password": "s3cret"}
+    # Every producer of the dataflow: the same cluster and security, murmur2 like
+    # kafka-python's producers, overrides with librdkafka's dots spelt as underscores.
+    assert producer_config(s, message_max_bytes=20_000_000, linger_ms=5) == {
+        **s.librdkafka(), "partitioner": "murmur2_random", "message.max.bytes": "20000000",
+        "linger.ms": "5"}
+    assert producer_config(Settings())["bootstrap.servers"] == ""  # a graph needs no cluster
     assert "s3cret" not in repr(s)
 
 
