@@ -92,16 +92,19 @@ CSS = f"""
 @keyframes c360-flash {{ from {{ background: #fde68a; }} to {{ background: transparent; }} }}
 """
 
-_replicas: dict[int, LocalReplica] = {}
+# Keyed by the store itself (a store hashes by identity), not by id(store), which a later
+# store can reuse once this one is gone. Not weak: a replica holds its store, so a weak key
+# would never be dropped anyway; there is one live store per process in practice.
+_replicas: dict[EntityStore, LocalReplica] = {}
 _replica_lock = threading.Lock()
 
 
 def replica_for(store: EntityStore, settings: Settings | None) -> LocalReplica:
     """One command replica per store and process (each holds a store subscription)."""
     with _replica_lock:
-        r = _replicas.get(id(store))
-        if r is None or r.store is not store:
-            r = _replicas[id(store)] = LocalReplica(store, settings)
+        r = _replicas.get(store)
+        if r is None:
+            r = _replicas[store] = LocalReplica(store, settings)
         return r
 
 

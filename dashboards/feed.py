@@ -238,15 +238,18 @@ class Feed:
 
 
 _lock = threading.Lock()
-_feeds: dict[int, Feed] = {}
+# Keyed by the store itself (a store hashes by identity), not by id(store), which a later
+# store can reuse once this one is gone. Held, not weak: a feed runs threads, so it lives
+# until reset() stops it (one per live store of the process, which is one in practice).
+_feeds: dict[EntityStore, Feed] = {}
 
 
 def shared_feed(store: EntityStore, settings: Settings | None = None) -> Feed:
     """The one feed of ``store`` in this process (the first session starts it)."""
     with _lock:
-        feed = _feeds.get(id(store))
-        if feed is None or feed.store is not store:
-            feed = _feeds[id(store)] = Feed(store, settings)
+        feed = _feeds.get(store)
+        if feed is None:
+            feed = _feeds[store] = Feed(store, settings)
         return feed
 
 

@@ -3,15 +3,12 @@ their explanation; opted-out customers get no marketing; segments enter and leav
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
-
-from c360.entity import rules
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import first_logic
-from c360.entity.rules import CATALOG, Decision, decide
+from c360.entity.rules import Decision, RuleBook, decide
+from c360.entity.segments import SegmentBook
 from c360.entity.shard import Routed, Shard
 from c360.model import events as ev
 from c360.model.delta import Delta, Lifecycle
@@ -20,18 +17,14 @@ from tests.factories import CAT, at, message, run
 C = "cust-1"
 
 
-@pytest.fixture(autouse=True)
-def fresh_catalog() -> Iterator[None]:
-    CATALOG.clear()
-    yield
-    CATALOG.clear()
-
-
 class Story:
-    """Events applied one by one to a shard, as the dataflow does."""
+    """Events applied one by one to a shard, as the dataflow does (its own rules, product
+    index and segments: the built-in ones unless given)."""
 
-    def __init__(self) -> None:
-        self.shard = Shard(EntityHooks())
+    def __init__(self, rules: RuleBook | None = None,
+                 segments: SegmentBook | None = None) -> None:
+        self.shard = Shard(EntityHooks(rule_book=rules or RuleBook.builtin(),
+                                       segment_book=segments or SegmentBook.builtin()))
         self.decisions: list[Decision] = []
         self.out: list[Delta | Lifecycle] = []
         self.n = 0
@@ -221,24 +214,45 @@ def test_opted_out_customers_get_service_decisions_but_no_offers() -> None:
 
 
 def test_a_rule_added_from_a_notebook_runs_and_can_be_removed() -> None:
-    @rules.rule("big_basket", cooldown=timedelta(days=7), marketing=True, streams={"orders"})
+    book = RuleBook.builtin()
+
+    @book.rule("big_basket", cooldown=timedelta(days=7), marketing=True, streams={"orders"})
     def big_basket(c, changes, event):
         if event.total_amount > 1000:
             return decide("thank_you_voucher", "an order over 1000", ["recent_orders"])
         return None
 
-    try:
-        s = Story()
-        signup(s)
-        d = only(s("orders", 10, order_id="o1", order_date=at(10), status="created",
-                   total_amount=1200.0))
-        assert (d.rule, d.action, d.event_ids) == ("big_basket", "thank_you_voucher", ["e3"])
-    finally:
-        rules.unregister("big_basket")
-    s = Story()
+    assert "big_basket" in book and "big_basket" not in RuleBook.builtin()
+    s = Story(book)
     signup(s)
-    assert s("orders", 10, order_id="o1", order_date=at(10), status="created",
-             total_amount=1200.0) == []
+    d = only(s("orders", 10, order_id="o1", order_date=at(10), status="created",
+               total_amount=1200.0))
+    assert (d.rule, d.action, d.event_ids) == ("big_basket", "thank_you_voucher", ["e3"])
+    book.remove("big_basket")  # from the next event on, also on a shard that ran it
+    assert s("orders", 20, order_id="o2", order_date=at(20), status="created",
+             total_amount=1300.0) == []
+    assert "big_basket" not in book and len(book) == len(RuleBook.builtin())
+
+
+def test_a_segment_added_to_a_book_keeps_its_members_live() -> None:
+    segments = SegmentBook.builtin()
+    calls = []
+
+    @segments.segment("big_spender", fields=("total_spent",))
+    def big_spender(c):
+        calls.append(c["total_spent"])
+        return c["total_spent"] >= 500
+
+    s = Story(segments=segments)
+    signup(s)
+    s("payments", 10, order_id="o1", payment_date=at(10), method="card", amount=100.0)
+    assert s.entity["segments"] == ["new"]
+    s("payments", 20, order_id="o2", payment_date=at(20), method="card", amount=600.0)
+    assert s.entity["segments"] == ["big_spender", "new"]
+    assert calls == [100.0, 700.0]  # only on events that changed the field it reads
+    segments.remove("big_spender")
+    s("payments", 30, order_id="o3", payment_date=at(30), method="card", amount=10.0)
+    assert calls == [100.0, 700.0] and "big_spender" not in SegmentBook.builtin()
 
 
 def test_segments_enter_and_leave_as_deltas_and_lifecycle() -> None:

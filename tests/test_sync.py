@@ -461,11 +461,11 @@ def test_resume_sends_missed_patches_or_a_snapshot_and_segment_exits_unsync() ->
 class _Story:
     """Real events through the real fold, rules and segments (in-process, no Kafka)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: Any = None) -> None:
         from c360.entity.derive import EntityHooks
         from c360.entity.shard import Shard
 
-        self.shard = Shard(EntityHooks())
+        self.shard = Shard(EntityHooks() if rules is None else EntityHooks(rule_book=rules))
         self.out: list[Delta | Lifecycle] = []
         self.n = 0
 
@@ -495,24 +495,22 @@ def test_lifecycle_events_reveal_only_what_the_token_may_see() -> None:
     def greet(c: Any, changes: Any, event: Any) -> rules.Decision:  # a notebook's rule
         return rules.decide("say_hello", f"hello {c['name']}", ["name"])
 
-    rules.register("greet", greet, streams={"search"})
-    try:
-        story = _Story()
-        story("customer_details", 0, name="Ana", email="ana@example.com")
-        story("tp_demographics", 1, age=30, marketing_opt_in=True)
-        story("loyalty", 10, points_earned=500)
-        story("loyalty", 20, points_earned=600)  # tier_upgrade: about loyalty fields only
-        for i in range(4):
-            story("payments", 30 + i, order_id=f"o{i}", payment_date=at(30 + i),
-                  method="card", amount=50.0)
-        story("payments", 40, order_id="o9", payment_date=at(40), method="card",
-              amount=900.0)  # review_payment: quotes the payments
-        story("payments", 50, order_id="o10", payment_date=at(50), method="card",
-              amount=2500.0)  # lifetime value >= 2000: enters segment vip
-        story("reviews", 60, review_id="r1", rating=1)  # escalate: quotes the lifetime value
-        story("search", 70, event_type="search", query="coat", results=3)  # greet: the name
-    finally:
-        rules.unregister("greet")
+    rule_book = rules.RuleBook.builtin()  # a notebook's pipeline's rules
+    rule_book.add("greet", greet, streams={"search"})
+    story = _Story(rule_book)
+    story("customer_details", 0, name="Ana", email="ana@example.com")
+    story("tp_demographics", 1, age=30, marketing_opt_in=True)
+    story("loyalty", 10, points_earned=500)
+    story("loyalty", 20, points_earned=600)  # tier_upgrade: about loyalty fields only
+    for i in range(4):
+        story("payments", 30 + i, order_id=f"o{i}", payment_date=at(30 + i),
+              method="card", amount=50.0)
+    story("payments", 40, order_id="o9", payment_date=at(40), method="card",
+          amount=900.0)  # review_payment: quotes the payments
+    story("payments", 50, order_id="o10", payment_date=at(50), method="card",
+          amount=2500.0)  # lifetime value >= 2000: enters segment vip
+    story("reviews", 60, review_id="r1", rating=1)  # escalate: quotes the lifetime value
+    story("search", 70, event_type="search", query="coat", results=3)  # greet: the name
     decayed = Lifecycle("cust-1", "customer", story.n, at(80), "decayed",
                         {"fields": ["category_affinity", "loyalty_points"]})
     book = TokenBook.from_tokens({

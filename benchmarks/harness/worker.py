@@ -160,6 +160,9 @@ def run_memory(args: dict[str, Any]) -> dict[str, Any]:
     cat = Catalogue()
     streams = cat.by_name
     shards: dict[str, Shard] = {}
+    # The dataflow's default hooks: relevance windows, rules, segments; one for every shard,
+    # as in the dataflow, so the offer rules see the products of the product shards.
+    hooks = EntityHooks(allowed_lateness=lateness)
     store = EntityStore()
     gc.collect()
     rss0 = rss_bytes()
@@ -170,8 +173,7 @@ def run_memory(args: dict[str, Any]) -> dict[str, Any]:
         for key, routed in batch.items():
             shard = shards.get(key)
             if shard is None:
-                # The dataflow's default hooks: relevance windows, rules, segments.
-                shard = shards[key] = Shard(EntityHooks(allowed_lateness=lateness), lateness)
+                shard = shards[key] = Shard(hooks, lateness)
             deltas, _ = shard.apply(routed, first_logic)
             store.apply(deltas)
         batch.clear()

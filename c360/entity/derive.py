@@ -2,27 +2,35 @@
 
 :class:`EntityHooks` is the one small hook :meth:`c360.entity.shard.Shard.apply` calls. Per
 customer event it maintains the windows of relevance (:mod:`c360.entity.windows`), computes
-the churn score, runs the rules (:mod:`c360.entity.rules`) and the segments
-(:mod:`c360.entity.segments`); it returns extra field changes (part of the event's delta),
-lifecycle notes (emitted right after that delta) and decisions (sent to the decisions
-topic). :meth:`sweep` ages a quiet customer to one of its deadlines (the shard keeps them
-in event time, see :class:`c360.entity.shard.Shard`), so decay, roll-up and eviction happen
-without events of theirs.
+the churn score, runs the rules of its rule book (:mod:`c360.entity.rules`) and the
+segments of its segment book (:mod:`c360.entity.segments`); it returns extra field changes
+(part of the event's delta), lifecycle notes (emitted right after that delta) and decisions
+(sent to the decisions topic). :meth:`sweep` ages a quiet customer to one of its
+deadlines (the shard keeps them in event time, see :class:`c360.entity.shard.Shard`), so
+decay, roll-up and eviction happen without events of theirs. Product events feed the rule
+book's product index (:meth:`on_product_event`), which the offer rules read.
+
+The hooks' settings (the flags, the aging, the lateness) are plain values; the books are
+code and live with the pipeline that made the hooks: they are never pickled (a resumed
+pipeline gives its own).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from c360.entity import rules as rules_mod
 from c360.entity import segments as segments_mod
 from c360.entity import windows as win
+from c360.entity.rules import RuleBook
+from c360.entity.segments import SegmentBook
 from c360.entity.state import EntityState
 from c360.model.events import Event
 
+_NOT_PICKLED = frozenset({"rule_book", "segment_book"})
 FIRED_MAX = 32  # decision keys remembered per customer for cool-downs
 DECISIONS_MAX = win.LIMITS["decisions"]
 
@@ -45,17 +53,26 @@ class EntityHooks:
     # The decoder's allowed lateness, when it checks one: lets the entity forget the ids of
     # events whose duplicates could only arrive too late to be applied anyway.
     allowed_lateness: timedelta | None = None
+    # The rules (and the product index they read) and the segments: the built-in ones,
+    # fresh per hooks, unless given. A Pipeline gives its own (Pipeline.rules, .segments).
+    rule_book: RuleBook = field(default_factory=RuleBook.builtin)
+    segment_book: SegmentBook = field(default_factory=SegmentBook.builtin)
 
-    def __post_init__(self) -> None:
-        self._cache: dict[str, Any] = {}  # stream -> rules to run (see rules.rules_for)
-        self._generation = -1
-
-    def __getstate__(self) -> dict[str, Any]:  # the cache is rebuilt, never pickled
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+    def __getstate__(self) -> dict[str, Any]:
+        # Settings only: the books are functions and a product index that only this
+        # process's product entities fill (and snapshots of older releases have neither).
+        return {k: v for k, v in self.__dict__.items()
+                if k not in _NOT_PICKLED and not k.startswith("_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
+        self.__dict__.update({k: v for k, v in state.items() if not k.startswith("_")})
+        self.rule_book = RuleBook.builtin()
+        self.segment_book = SegmentBook.builtin()
+
+    def on_product_event(self, product_id: str, fields: dict[str, Any],
+                         changes: dict[str, Any], event: Event) -> None:
+        """Keep the rule book's product index up to date (``fields``: the product's)."""
+        self.rule_book.products.observe(product_id, fields, changes, event)
 
     def on_customer_event(self, state: EntityState, stream: str, entity_id: str, event: Event,
                           changes: dict[str, Any], before: dict[str, Any],
@@ -129,10 +146,7 @@ class EntityHooks:
         view.before = before
         made: list[rules_mod.Decision] = []
         opted_out: bool | None = None
-        if self._generation != rules_mod.generation:
-            self._cache.clear()
-            self._generation = rules_mod.generation
-        always, triggered = rules_mod.rules_for(stream, self._cache)
+        always, triggered = self.rule_book.for_stream(stream)
         run = always
         if triggered:
             more = [r for r in triggered if not r.when.isdisjoint(changes)]  # type: ignore
@@ -168,11 +182,11 @@ class EntityHooks:
                   swept: bool) -> None:
         current = fields.get("segments") or []
         if swept:  # dormant, and whatever the aged fields (as_of_day) changed
-            members = segments_mod.membership(fields, changes, current)
+            members = self.segment_book.membership(fields, changes, current)
             new = sorted({*(current if members is None else members), segments_mod.DORMANT})
             new = None if new == current else new
         else:
-            new = segments_mod.membership(fields, changes, current)
+            new = self.segment_book.membership(fields, changes, current)
         if new is None:
             return
         fields["segments"] = changes["segments"] = new

@@ -1,34 +1,36 @@
-"""Business rules: small plain-Python functions of the entity, registered in one place.
+"""Business rules: small plain-Python functions of the entity, kept in a pipeline's rule book.
 
 A rule gets the customer's fields (this event already applied), the fields this event
 changed and the event, and returns a :class:`Decision` (via :func:`decide`) or None::
 
-    from c360.entity.rules import rule, decide
+    pipeline = c360.Pipeline(settings)
 
-    @rule("big_basket", cooldown=timedelta(days=7), marketing=True, streams={"orders"})
+    @pipeline.rule("big_basket", cooldown=timedelta(days=7), marketing=True, streams={"orders"})
     def big_basket(c, changes, event):
         if event.total_amount > 1000:
             return decide("thank_you_voucher", "an order over 1000", ["recent_orders"])
 
 That is all it takes from a notebook: the rule runs on the next event of every customer
-(``unregister("big_basket")`` takes it away). The engine fills in the rest of the
-decision (rule, customer, event ids, event time), drops repeats of the same decision
-within the rule's cool-down (in event time), skips marketing rules for customers who
-opted out, records the decision in the entity's ``decisions`` and sends it to the
-``<prefix>decisions`` topic.
+of that pipeline (``pipeline.rules.remove("big_basket")`` takes it away), and of no other
+pipeline in the kernel. The engine fills in the rest of the decision (rule, customer,
+event ids, event time), drops repeats of the same decision within the rule's cool-down
+(in event time), skips marketing rules for customers who opted out, records the decision
+in the entity's ``decisions`` and sends it to the ``<prefix>decisions`` topic.
 
-Rules that need the shop's catalogue (stock per store, categories) read
-:data:`CATALOG`, which the dataflow keeps up to date from the products and inventory
-streams of this process.
+A :class:`RuleBook` is the rules of one pipeline and the product index they read (its
+:class:`ProductIndex`: stock per store, categories), which that pipeline's product
+entities keep up to date. :meth:`RuleBook.builtin` is the built-in retail rules with an
+empty index, fresh each time: every pipeline gets its own unless it is given one.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -78,58 +80,101 @@ class Rule:
     when: frozenset[str] | None  # ... or only when one of these fields changed (None: always)
 
 
-RULES: dict[str, Rule] = {}
-generation = 0  # bumped at every change of RULES, so that per-stream caches refresh
-_lock = threading.Lock()
+class RuleBook:
+    """The rules one pipeline runs, and the product index (:attr:`products`) they read.
 
-
-def register(name: str, fn: RuleFn, *, cooldown: timedelta = timedelta(days=1),
-             marketing: bool = False, streams: Iterable[str] | None = None,
-             when: Iterable[str] | None = None) -> Rule:
-    """Add (or replace) a rule; it runs from the next event on.
-
-    ``streams`` and ``when`` only make it cheaper: the rule runs for events of those
-    streams, or that changed one of those fields (either one matching is enough).
+    Rules can be added and removed while the pipeline runs: they take effect from the next
+    event. A book is not pickled into recovery snapshots (rules are code): a resumed
+    pipeline runs the rules it is given.
     """
-    r = Rule(name, fn, cooldown, marketing, frozenset(streams) if streams is not None else None,
-             frozenset(when) if when is not None else None)
-    global generation
-    with _lock:
-        RULES[name] = r
-        generation += 1
-    return r
 
+    def __init__(self, rules: Iterable[Rule] = (), products: ProductIndex | None = None
+                 ) -> None:
+        self._products = products if products is not None else ProductIndex()
+        self._rules: dict[str, Rule] = {r.name: r for r in rules}
+        # stream -> (rules that always run, rules that run when their fields change). The
+        # fold's worker threads read it without a lock: a change replaces both dicts
+        # (rules first), so a reader sees the old pair or the new one, never half of one.
+        self._by_stream: dict[str, tuple[list[Rule], list[Rule]]] = {}
+        self._lock = threading.Lock()
 
-def unregister(name: str) -> None:
-    global generation
-    with _lock:
-        RULES.pop(name, None)
-        generation += 1
+    @classmethod
+    def builtin(cls) -> RuleBook:
+        """The built-in retail rules (see the module's end), with a fresh, empty product
+        index."""
+        book = cls()
+        for name, fn, options, reads_products in _BUILTIN:
+            book.add(name, partial(fn, products=book.products) if reads_products else fn,
+                     **options)
+        return book
 
+    @property
+    def products(self) -> ProductIndex:
+        """Products and their stock, as this book's rules see them (a rule of your own
+        reads it as ``book.products``)."""
+        return self._products
 
-def rule(name: str, *, cooldown: timedelta = timedelta(days=1), marketing: bool = False,
-         streams: Iterable[str] | None = None,
-         when: Iterable[str] | None = None) -> Callable[[RuleFn], RuleFn]:
-    """Decorator form of :func:`register`."""
+    def add(self, name: str, fn: RuleFn, *, cooldown: timedelta = timedelta(days=1),
+            marketing: bool = False, streams: Iterable[str] | None = None,
+            when: Iterable[str] | None = None) -> Rule:
+        """Add (or replace) a rule; it runs from the next event on.
 
-    def wrap(fn: RuleFn) -> RuleFn:
-        register(name, fn, cooldown=cooldown, marketing=marketing, streams=streams, when=when)
-        return fn
+        ``streams`` and ``when`` only make it cheaper: the rule runs for events of those
+        streams, or that changed one of those fields (either one matching is enough).
+        """
+        r = Rule(name, fn, cooldown, marketing,
+                 frozenset(streams) if streams is not None else None,
+                 frozenset(when) if when is not None else None)
+        with self._lock:
+            self._rules = {**self._rules, name: r}
+            self._by_stream = {}
+        return r
 
-    return wrap
+    def remove(self, name: str) -> None:
+        """Take a rule away (nothing happens if there is none of that name)."""
+        with self._lock:
+            self._rules = {k: v for k, v in self._rules.items() if k != name}
+            self._by_stream = {}
 
+    def rule(self, name: str, *, cooldown: timedelta = timedelta(days=1),
+             marketing: bool = False, streams: Iterable[str] | None = None,
+             when: Iterable[str] | None = None) -> Callable[[RuleFn], RuleFn]:
+        """Decorator form of :meth:`add`."""
 
-def rules_for(stream: str, cache: dict[str, tuple[list[Rule], list[Rule]]]
-              ) -> tuple[list[Rule], list[Rule]]:
-    """(rules that always run for ``stream``, rules that run when their fields change)."""
-    got = cache.get(stream)
-    if got is None:
-        always = [r for r in RULES.values()
-                  if (r.streams is None and r.when is None)
-                  or (r.streams is not None and stream in r.streams)]
-        triggered = [r for r in RULES.values() if r not in always and r.when is not None]
-        got = cache[stream] = (always, triggered)
-    return got
+        def wrap(fn: RuleFn) -> RuleFn:
+            self.add(name, fn, cooldown=cooldown, marketing=marketing, streams=streams,
+                     when=when)
+            return fn
+
+        return wrap
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rules
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._rules))
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __getitem__(self, name: str) -> Rule:
+        return self._rules[name]
+
+    def __repr__(self) -> str:
+        return f"RuleBook({sorted(self._rules)})"
+
+    def for_stream(self, stream: str) -> tuple[list[Rule], list[Rule]]:
+        """(rules that always run for ``stream``, rules that run when their fields change)."""
+        cache = self._by_stream
+        got = cache.get(stream)
+        if got is None:
+            rules = self._rules.values()
+            always = [r for r in rules
+                      if (r.streams is None and r.when is None)
+                      or (r.streams is not None and stream in r.streams)]
+            triggered = [r for r in rules if r not in always and r.when is not None]
+            got = cache[stream] = (always, triggered)
+        return got
 
 
 def opted_out(c: Fields) -> bool:
@@ -152,19 +197,20 @@ class ProductInfo:
     restock_event: str = ""
 
 
-class Catalog:
-    """Products and their stock, fed by the product entities of this process."""
+class ProductIndex:
+    """Products and their stock as the offer rules see them, fed by the product entities of
+    one pipeline (in this process: a cluster's processes each index their own products)."""
 
     def __init__(self) -> None:
-        self.products: dict[str, ProductInfo] = {}
+        self.by_id: dict[str, ProductInfo] = {}
         self.restocks = 0  # grows at every "back in stock"
         self.last_restock: datetime | None = None  # event time of the latest one
 
     def observe(self, product_id: str, fields: Fields, changes: Fields,
                 event: ev.Event) -> None:
-        p = self.products.get(product_id)
+        p = self.by_id.get(product_id)
         if p is None:
-            p = self.products[product_id] = ProductInfo()
+            p = self.by_id[product_id] = ProductInfo()
         if "category" in changes or "brand" in changes or "subcategory" in changes:
             p.category = fields.get("category", "")
             p.subcategory = fields.get("subcategory", "")
@@ -180,13 +226,12 @@ class Catalog:
                     self.last_restock = event.event_time
 
     def clear(self) -> None:
-        self.products.clear()
+        self.by_id.clear()
         self.restocks = 0
         self.last_restock = None
 
 
-CATALOG = Catalog()
-# Rules that read CATALOG join another entity's state (a product, in a shard and a source
+# Rules that read the product index join another entity's state (a product, in a shard and a source
 # partition of its own) as far as this process has folded it: the one part of a decision
 # that event time does not order (docs/event-time.md). Every other rule reads only its
 # customer, whose events are folded in an order that depends only on the topics' contents.
@@ -248,7 +293,22 @@ def churn_score(c: Fields) -> float:
 
 # -- the built-in rules --------------------------------------------------------------------------
 
-@rule("churn_risk", cooldown=timedelta(days=30), marketing=True, when={"churn_risk"})
+# (name, function, options of RuleBook.add, reads the product index): filled once at
+# import by the decorator below; RuleBook.builtin() puts them in a book.
+_BUILTIN: list[tuple[str, Callable[..., Decision | None], dict[str, Any], bool]] = []
+
+
+def _builtin(name: str, **options: Any) -> Callable[[Callable[..., Decision | None]],
+                                                    Callable[..., Decision | None]]:
+    def wrap(fn: Callable[..., Decision | None]) -> Callable[..., Decision | None]:
+        _BUILTIN.append((name, fn, options, name in CATALOG_READERS))
+        return fn
+
+    return wrap
+
+
+@_builtin("churn_risk", cooldown=timedelta(days=30), marketing=True,
+          when={"churn_risk"})
 def churn_risk(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     if "churn_risk" in changes and c["churn_risk"] >= 0.7:
         return decide("retention_offer", f"churn risk {c['churn_risk']:.2f} >= 0.70",
@@ -256,7 +316,7 @@ def churn_risk(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     return None
 
 
-@rule("loyalty_tier_change", cooldown=timedelta(0), streams={"loyalty"})
+@_builtin("loyalty_tier_change", cooldown=timedelta(0), streams={"loyalty"})
 def loyalty_tier_change(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     before = getattr(changes, "before", {}).get("loyalty_tier")
     if "loyalty_tier" not in changes or before is None:
@@ -269,16 +329,17 @@ def loyalty_tier_change(c: Fields, changes: Fields, event: ev.Event) -> Decision
                   ["loyalty_tier", "loyalty_points"], key=new)
 
 
-@rule("wishlist_back_in_stock", cooldown=timedelta(days=7), marketing=True)
-def wishlist_back_in_stock(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
+@_builtin("wishlist_back_in_stock", cooldown=timedelta(days=7), marketing=True)
+def wishlist_back_in_stock(c: Fields, changes: Fields, event: ev.Event, *,
+                           products: ProductIndex) -> Decision | None:
     wishlist = c.get("wishlist")
-    if not wishlist or CATALOG.last_restock is None:
+    if not wishlist or products.last_restock is None:
         return None
-    if event.event_time - CATALOG.last_restock > timedelta(days=3):
+    if event.event_time - products.last_restock > timedelta(days=3):
         return None  # nothing came back lately: skip the wishlist scan
     now = event.event_time
     for pid in wishlist:
-        p = CATALOG.products.get(pid)
+        p = products.by_id.get(pid)
         if (p is not None and p.restocked_at is not None and sum(p.stock.values()) > 0
                 and timedelta(0) <= now - p.restocked_at <= timedelta(days=3)):
             return decide("offer_wishlist_item", f"{pid} on the wishlist is back in stock",
@@ -287,22 +348,25 @@ def wishlist_back_in_stock(c: Fields, changes: Fields, event: ev.Event) -> Decis
     return None
 
 
-@rule("rain_gear", cooldown=timedelta(days=3), marketing=True, streams={"weather", "wishlist"})
-def rain_gear(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
+@_builtin("rain_gear", cooldown=timedelta(days=3), marketing=True,
+          streams={"weather", "wishlist"})
+def rain_gear(c: Fields, changes: Fields, event: ev.Event, *,
+              products: ProductIndex) -> Decision | None:
     w = c.get("weather")
     if not w or w["event_type"] != "forecast" or w["condition"] not in ("rain", "storm"):
         return None
     for pid in c.get("wishlist", ()):
-        p = CATALOG.products.get(pid)
+        p = products.by_id.get(pid)
         if p is not None and p.subcategory in RAIN_GEAR and sum(p.stock.values()) > 0:
             return decide("offer_rain_gear", f"{w['condition']} forecast and {pid} "
                           f"({p.subcategory}) on the wishlist", ["weather", "wishlist"], key=pid)
     return None
 
 
-@rule("near_store_with_viewed_item", cooldown=timedelta(days=1), marketing=True,
+@_builtin("near_store_with_viewed_item", cooldown=timedelta(days=1), marketing=True,
       streams={"location"})
-def near_store_with_viewed_item(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
+def near_store_with_viewed_item(c: Fields, changes: Fields, event: ev.Event, *,
+                                products: ProductIndex) -> Decision | None:
     loc = c.get("location")
     views = c.get("recent_views")
     if not loc or not views:
@@ -313,7 +377,7 @@ def near_store_with_viewed_item(c: Fields, changes: Fields, event: ev.Event) -> 
         if km(lat, lon, loc["latitude"], loc["longitude"]) > 0.5:
             continue
         for v in views:
-            p = CATALOG.products.get(v["product_id"])
+            p = products.by_id.get(v["product_id"])
             if p is not None and p.stock.get(store, 0) > 0:
                 return decide("offer_in_store_pickup",
                               f"within 500 m of {store}, which stocks viewed {v['product_id']}",
@@ -321,7 +385,8 @@ def near_store_with_viewed_item(c: Fields, changes: Fields, event: ev.Event) -> 
     return None
 
 
-@rule("event_nearby", cooldown=timedelta(days=1), marketing=True, streams={"physical_events"})
+@_builtin("event_nearby", cooldown=timedelta(days=1), marketing=True,
+          streams={"physical_events"})
 def event_nearby(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     e: ev.PhysicalEvent = event  # type: ignore[assignment]
     interests = set((c.get("psychographics") or {}).get("interests", ()))
@@ -333,7 +398,7 @@ def event_nearby(c: Fields, changes: Fields, event: ev.Event) -> Decision | None
     return None
 
 
-@rule("abandoned_search", cooldown=timedelta(days=1), marketing=True)
+@_builtin("abandoned_search", cooldown=timedelta(days=1), marketing=True)
 def abandoned_search(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     searches = c.get("recent_searches")
     if not searches:
@@ -349,7 +414,7 @@ def abandoned_search(c: Fields, changes: Fields, event: ev.Event) -> Decision | 
                   ["recent_searches", "recent_views"], key=s["at"].isoformat())
 
 
-@rule("abandoned_cart", cooldown=timedelta(days=2), marketing=True)
+@_builtin("abandoned_cart", cooldown=timedelta(days=2), marketing=True)
 def abandoned_cart(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     cart = c.get("cart")
     if not cart:
@@ -361,7 +426,8 @@ def abandoned_cart(c: Fields, changes: Fields, event: ev.Event) -> Decision | No
                   ["cart"], key=newest["added_at"].isoformat())
 
 
-@rule("service_escalation", cooldown=timedelta(days=1), streams={"reviews", "returns"})
+@_builtin("service_escalation", cooldown=timedelta(days=1),
+          streams={"reviews", "returns"})
 def service_escalation(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     valuable = (c.get("lifetime_value", 0) >= 1000
                 or c.get("loyalty_tier") in ("gold", "platinum"))
@@ -378,7 +444,7 @@ def service_escalation(c: Fields, changes: Fields, event: ev.Event) -> Decision 
                   ["lifetime_value", "loyalty_tier", *fields], key=event.event_id)
 
 
-@rule("payment_anomaly", cooldown=timedelta(hours=1), streams={"payments"})
+@_builtin("payment_anomaly", cooldown=timedelta(hours=1), streams={"payments"})
 def payment_anomaly(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
     p: ev.Payment = event  # type: ignore[assignment]
     n = c.get("payment_count", 0)

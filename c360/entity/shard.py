@@ -20,7 +20,7 @@ import msgspec
 from c360.entity.analytics import Collector
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic
-from c360.entity.rules import CATALOG, Decision
+from c360.entity.rules import Decision
 from c360.entity.state import FOLDS, EntityState
 from c360.entity.windows import next_due
 from c360.model.delta import Delta, Lifecycle
@@ -193,7 +193,7 @@ class Shard:
                                 win.due = due
                                 heapq.heappush(self._due.setdefault(p, []), (due, r.entity_id))
                     else:
-                        CATALOG.observe(r.entity_id, fields, changes, event)
+                        hooks.on_product_event(r.entity_id, fields, changes, event)
             except Exception as exc:  # a bug in a fold or a rule must not stop the flow
                 topic, partition, offset = r.origin
                 failed.append(Failed(f"could not apply {r.stream} event {event.event_id}: "
