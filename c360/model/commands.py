@@ -9,12 +9,14 @@ validates again, because anyone with access to the topic may write to it.
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
 
 from c360.errors import CommandError, UnknownCommand
+from c360.model.events import Command
 
 NOTES_MAX = 20  # notes kept per customer, newest first
 
@@ -65,6 +67,13 @@ def parse_args(name: str, args: dict[str, Any]) -> msgspec.Struct:
         return msgspec.convert(args, schema)
     except msgspec.ValidationError as exc:
         raise CommandError(f"{name}: bad args: {exc}") from None
+
+
+def command_event(entity: str, name: str, args: dict[str, Any], issued_by: str) -> Command:
+    """The command as it goes on the commands topic: a new event id (the fold drops a
+    duplicate of it) and the time it is issued as its event time."""
+    return Command(event_id=f"cmd-{uuid.uuid4().hex}", event_time=datetime.now(timezone.utc),
+                   customer_id=entity, name=name, args=args, issued_by=issued_by)
 
 
 def changes_of(fields: dict[str, Any], name: str, args: msgspec.Struct, at: datetime,

@@ -9,18 +9,16 @@ Commands need Kafka (``settings``): they go through the dataflow like any client
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
 from c360.config import Settings
 from c360.errors import CommandTimeout, Unavailable
-from c360.model.commands import parse_args
+from c360.model.commands import command_event, parse_args
 from c360.model.delta import Delta
-from c360.model.events import Catalogue, Command, encode
+from c360.model.events import Catalogue, encode
 from c360.store.memory import EntityStore, Subscription, entity_frame
 from c360.sync.protocol import escape
 
@@ -84,8 +82,7 @@ class LocalReplica:
             raise Unavailable("commands need Kafka: c360.local(store, settings)", entity=entity)
         from kafka import KafkaProducer
 
-        event = Command(event_id=f"cmd-{uuid.uuid4().hex}", event_time=datetime.now(timezone.utc),
-                        customer_id=entity, name=name, args=args, issued_by=issued_by)
+        event = command_event(entity, name, args, issued_by)
         seen: list[int] = []
         done = threading.Event()
 

@@ -20,10 +20,8 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
@@ -46,7 +44,7 @@ from c360.errors import (
     Unauthenticated,
     Unavailable,
 )
-from c360.model.commands import parse_args
+from c360.model.commands import command_event, parse_args
 from c360.model.delta import LIFECYCLE_TYPES, Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.model.events import Command as CommandEvent
@@ -852,9 +850,7 @@ class SyncServer:
             raise NotFound(f"no customer {m.entity!r}", entity=m.entity)
         if self.settings is None:
             raise Unavailable("this server takes no commands (no Kafka)", entity=m.entity)
-        event = CommandEvent(event_id=f"cmd-{uuid.uuid4().hex}",
-                             event_time=datetime.now(timezone.utc), customer_id=m.entity,
-                             name=m.name, args=m.args, issued_by=scope.name)
+        event = command_event(m.entity, m.name, m.args, scope.name)
         # Registered before producing: the applied delta may come back before send returns.
         self._waiters[event.event_id] = _Waiter(conn, m.id, m.entity,
                                                 time.monotonic() + self.limits.ack_timeout)
