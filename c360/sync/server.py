@@ -302,7 +302,7 @@ class _Connection:
             return scope
         then = "; every subscription was closed; authenticate again to continue"
         ended = (TokenRevoked("your token was revoked" + then) if scope is None else
-                 TokenExpired(f"your token expired at {scope.expires_at.isoformat()}" + then))
+                 TokenExpired(f"your token expired at {_expiry(scope)}" + then))
         self.key = None
         self.drop_subscriptions()
         self.replies.append(p.error(ended))
@@ -382,16 +382,16 @@ class _Connection:
         """None when the entity may be sent. Otherwise the view is dropped and the result
         is an unsync notice (the client held a copy) or ``_SKIP`` (it never got one).
         Checked before every message, so scope and segment changes take effect at once."""
-        wild_segment = (not view.explicit and self.wild is not None
-                        and self.wild.segment is not None)
+        wild = self.wild if not view.explicit else None
+        wild_segment = wild is not None and wild.segment is not None
         if entity is False:  # fetched only when membership depends on the entity's state
             entity = (self.server.store.get(eid) if scope.segment is not None or wild_segment
                       else None)
         assert not isinstance(entity, bool)
         if not scope.allows_entity(eid, entity):
             reason = "the entity is not in your token's scope"
-        elif wild_segment and not self.wild.matches(entity):  # type: ignore[union-attr]
-            reason = f"the entity left segment {self.wild.segment!r}"  # type: ignore[union-attr]
+        elif wild is not None and wild.segment is not None and not wild.matches(entity):
+            reason = f"the entity left segment {wild.segment!r}"
         else:
             return None
         # The client holds a copy, or counted on one (synced.count): tell it to drop it.
@@ -448,6 +448,12 @@ def lifecycle_detail(scope: Scope, e: Lifecycle) -> dict[str, Any] | None:
             if k in out:
                 out[k] = REDACTED
     return out
+
+
+def _expiry(scope: Scope) -> str:
+    """When an expired token expired, in ISO 8601."""
+    assert scope.expires_at is not None  # Scope.expired() is true only with an expiry
+    return scope.expires_at.isoformat()
 
 
 def _visible(field_name: str, wanted: frozenset[str] | None, scope: Scope) -> bool:
@@ -731,8 +737,7 @@ class SyncServer:
             raise InvalidToken("unknown token")
         key, scope = found
         if scope.expired():
-            raise TokenExpired("this token expired at "
-                               f"{scope.expires_at.isoformat()}")  # type: ignore[union-attr]
+            raise TokenExpired(f"this token expired at {_expiry(scope)}")
         conn.key = key
         conn.reply({"type": "authenticated", "id": m.id, "scope": scope.describe()})
 
