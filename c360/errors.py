@@ -7,6 +7,7 @@
     │   └── RecoveryMismatch  the recovery directory is of re-created topics: start afresh
     ├── BrokerError           Kafka cannot be started, reached or used: start it, check the address
     ├── DataError             input data is missing or unusable: fetch or fix the named file
+    │   └── StateFormatError  a snapshot or changes record of another state format: start afresh
     ├── InvalidEvent          an event failed validation: fix its producer (``reason`` says why)
     └── SyncError             a sync request was refused or failed; ``code`` is its wire code
         ├── BadRequest        bad_request: not JSON or not a known request; fix the frame
@@ -64,6 +65,14 @@ class DataError(C360Error):
     """Input data (for example the Olist files) is missing or unusable."""
 
     code = "data_error"
+
+
+class StateFormatError(DataError):
+    """A recovery snapshot or a changes-topic record this c360 cannot read: another state
+    format version (or an unversioned pickle of an earlier c360), or damaged. The message
+    says which and what to do (c360.model.codec, docs/reliability.md "State format")."""
+
+    code = "state_format"
 
 
 class InvalidEvent(C360Error):
