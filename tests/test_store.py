@@ -113,6 +113,32 @@ def test_dataframe_flattens_nested_fields() -> None:
     assert df.loc["b", "order_count"] == 1
 
 
+def test_the_local_replica_reads_like_the_store_and_escapes_pointers_as_the_server() -> None:
+    from c360.sync.client import apply_ops
+    from c360.sync.local import local
+    from c360.sync.protocol import escape
+
+    store = EntityStore()
+    store.apply([d("a", 1, location={"city": "Recife"}, order_count=3), d("b", 1, order_count=1)])
+    replica = local(store)
+    seen: list[list[dict]] = []
+    replica.on_change(lambda eid, entity, ops: seen.append(ops))
+    try:
+        replica.sync("*")
+        store.apply([d("a", 2, **{"odd/name~": 1})])
+        wait_for(lambda: replica.versions.get("a") == 2)
+        # The replica's frame is the store's, row for row (it syncs every entity).
+        pd.testing.assert_frame_equal(replica.dataframe(), store.dataframe(), check_like=True)
+        assert replica.get("a") == {k: v for k, v in store.get("a").items() if k != "version"}
+    finally:
+        replica.close()
+    assert seen[-1] == [{"op": "add", "path": escape("odd/name~"), "value": 1}]
+    assert seen[-1][0]["path"] == "/odd~1name~0"  # RFC 6901
+    copy: dict = {}
+    apply_ops(copy, seen[-1])  # the client's fast path reads the pointer back
+    assert copy == {"odd/name~": 1}
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_export_writes_one_row_per_customer(tmp_path, suffix: str) -> None:
     store = EntityStore()

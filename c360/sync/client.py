@@ -25,13 +25,12 @@ from typing import Any
 
 import jsonpatch
 import msgspec
-import pandas as pd
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from c360.errors import NotConnected, VersionTimeout, from_wire
-from c360.store.memory import entity_frame
+from c360.sync.local import Copies
 from c360.sync.protocol import unescape
 
 log = logging.getLogger(__name__)
@@ -51,19 +50,17 @@ def apply_ops(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
             jsonpatch.apply_patch(doc, [op], in_place=True)
 
 
-class Replica:
+class Replica(Copies):
     """Entities kept in sync with a c360 sync server. Create it with :func:`connect`."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+        super().__init__()
         self.url = url
         self.timeout = timeout
-        self.entities: dict[str, dict[str, Any]] = {}
-        self.versions: dict[str, int] = {}
         self.errors: list[dict[str, Any]] = []  # errors not tied to a request (e.g. expiry)
         self.scope: dict[str, Any] = {}
         self._fields: dict[str, list[str] | None] = {}  # the selection of each synced entity
         self._resuming: set[str] = set()
-        self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._replies: dict[int, Future[dict[str, Any]]] = {}
         self._change_callbacks: list[ChangeCallback] = []
@@ -126,17 +123,6 @@ class Replica:
         if entity in self.versions:
             self._wait_version(entity, version, timeout)
         return version
-
-    def get(self, entity_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            e = self.entities.get(entity_id)
-            return None if e is None else dict(e)
-
-    def dataframe(self) -> pd.DataFrame:
-        """One row per synced entity (with its version), nested fields flattened."""
-        with self._lock:
-            rows = [{**e, "version": self.versions[k]} for k, e in self.entities.items()]
-        return entity_frame(rows)
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -25,18 +25,37 @@ from c360.sync.protocol import escape
 ChangeCallback = Callable[[str, dict[str, Any], list[dict[str, Any]]], None]
 
 
-class LocalReplica:
+class Copies:
+    """Copies of entities and their versions, read under one lock: what both replicas, this
+    one and :class:`c360.sync.client.Replica`, hold and how they are read."""
+
+    def __init__(self) -> None:
+        self.entities: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            e = self.entities.get(entity_id)
+            return None if e is None else dict(e)
+
+    def dataframe(self) -> pd.DataFrame:
+        """One row per synced entity (with its version), nested fields flattened."""
+        with self._lock:
+            rows = [{**e, "version": self.versions[k]} for k, e in self.entities.items()]
+        return entity_frame(rows)
+
+
+class LocalReplica(Copies):
     """Copies of some entities of an in-process store, kept current by a subscription."""
 
     def __init__(self, store: EntityStore, settings: Settings | None = None) -> None:
+        super().__init__()
         self.store = store
         self.settings = settings
-        self.entities: dict[str, dict[str, Any]] = {}
-        self.versions: dict[str, int] = {}
         self._selection: dict[str, frozenset[str] | None] = {}
         self._all: frozenset[str] | None | bool = False  # False: no wildcard sync
         self._callbacks: list[ChangeCallback] = []
-        self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)
         self._sub: Subscription = store.subscribe(self._on_delta)
 
@@ -62,16 +81,6 @@ class LocalReplica:
     def on_change(self, callback: ChangeCallback) -> ChangeCallback:
         self._callbacks.append(callback)
         return callback
-
-    def get(self, entity_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            e = self.entities.get(entity_id)
-            return None if e is None else dict(e)
-
-    def dataframe(self) -> pd.DataFrame:
-        with self._lock:
-            rows = [{**e, "version": self.versions[k]} for k, e in self.entities.items()]
-        return entity_frame(rows)
 
     def command(self, entity: str, name: str, *, timeout: float = 30.0, issued_by: str = "local",
                 **args: Any) -> int:
