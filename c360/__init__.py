@@ -1,6 +1,32 @@
 """c360: a Jupyter-first, real-time Customer 360.
 
-The public API is what this module exports; everything else is private.
+The public API is the names below (``__all__``); the subpackages behind them are private,
+except :mod:`c360.errors` (the exception tree) and :mod:`c360.sync` (the sync server, for
+serving entities to other processes). By what you do:
+
+Run the dataflow
+    :class:`Pipeline` (live in the background, or bounded with ``run()``),
+    :func:`run_until_idle` (read every stream topic until idle; returns the store),
+    :class:`Settings` (the cluster, topic prefix and limits; ``Settings.from_env()``).
+Read the entities
+    :class:`EntityStore` (what a pipeline keeps: ``get``, ``dataframe``, ``subscribe``,
+    ``wait_until``, ``export``), :class:`Delta` (one applied change, what subscribers get).
+Add business logic
+    :class:`RuleBook` and :class:`SegmentBook`: a pipeline's rules (with the product index
+    its offer rules read) and segments, the built-in ones fresh per pipeline;
+    ``@pipeline.rule(...)`` / ``@pipeline.segment(...)`` add to them, and :func:`decide`
+    is what a rule returns.
+Get events in
+    :func:`embedded_broker` (a broker for a ``with`` block; :class:`EmbeddedBroker` to start
+    and stop one across notebook cells), :func:`simulate` (the simulated shop's streams),
+    :func:`replay` (the Olist history), :func:`encode` (an event as the topics carry it;
+    ``pipeline.catalogue.topic(stream)`` names the topic).
+Use the entities elsewhere
+    :func:`connect` (a WebSocket replica), :func:`local` (the same, in-process),
+    :func:`replica_from_kafka` (a store materialized from the changes topic).
+Handle errors
+    :class:`C360Error`: every error c360 raises on purpose derives from it (the tree is in
+    :mod:`c360.errors`).
 
 The names are imported when first used (PEP 562): ``import c360`` and the ``c360``
 command's argument checks then take milliseconds, not the ~2 s that bytewax,
@@ -14,40 +40,38 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from c360.config import Settings
-from c360.errors import BrokerError, C360Error, ConfigError, DataError, InvalidEvent
+from c360.errors import C360Error
 
 _LAZY = {
-    "EmbeddedBroker": "c360.dev.broker",
-    "create_topics": "c360.dev.broker",
-    "embedded_broker": "c360.dev.broker",
-    "kafka_for": "c360.dev.broker",
-    "Delta": "c360.model.delta",
-    "Catalogue": "c360.model.events",
-    "encode": "c360.model.events",
-    "chain": "c360.entity.logic",
-    "first_logic": "c360.entity.logic",
     "Pipeline": "c360.run.pipeline",
     "run_until_idle": "c360.run.pipeline",
-    "ChangesReplica": "c360.store.replica",
-    "replica_from_kafka": "c360.store.replica",
     "EntityStore": "c360.store.memory",
-    "Subscription": "c360.store.memory",
-    "Replica": "c360.sync",
-    "SyncServer": "c360.sync",
-    "TokenBook": "c360.sync",
+    "Delta": "c360.model.delta",
+    "RuleBook": "c360.entity.rules",
+    "SegmentBook": "c360.entity.segments",
+    "decide": "c360.entity.rules",
+    "EmbeddedBroker": "c360.dev.broker",
+    "embedded_broker": "c360.dev.broker",
+    "simulate": "c360.dev.simulator",
+    "replay": "c360.dev.olist",
+    "encode": "c360.model.events",
     "connect": "c360.sync",
     "local": "c360.sync",
+    "replica_from_kafka": "c360.store.replica",
 }
 
 if TYPE_CHECKING:
-    from c360.dev.broker import EmbeddedBroker, create_topics, embedded_broker, kafka_for
-    from c360.entity.logic import chain, first_logic
+    from c360.dev.broker import EmbeddedBroker, embedded_broker
+    from c360.dev.olist import replay
+    from c360.dev.simulator import simulate
+    from c360.entity.rules import RuleBook, decide
+    from c360.entity.segments import SegmentBook
     from c360.model.delta import Delta
-    from c360.model.events import Catalogue, encode
+    from c360.model.events import encode
     from c360.run.pipeline import Pipeline, run_until_idle
-    from c360.store.memory import EntityStore, Subscription
-    from c360.store.replica import ChangesReplica, replica_from_kafka
-    from c360.sync import Replica, SyncServer, TokenBook, connect, local
+    from c360.store.memory import EntityStore
+    from c360.store.replica import replica_from_kafka
+    from c360.sync import connect, local
 
 
 def __getattr__(name: str) -> Any:
@@ -64,30 +88,21 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BrokerError",
     "C360Error",
-    "ChangesReplica",
-    "Catalogue",
-    "ConfigError",
-    "DataError",
     "Delta",
     "EmbeddedBroker",
     "EntityStore",
-    "InvalidEvent",
     "Pipeline",
-    "Replica",
+    "RuleBook",
+    "SegmentBook",
     "Settings",
-    "Subscription",
-    "SyncServer",
-    "TokenBook",
-    "chain",
     "connect",
-    "create_topics",
+    "decide",
     "embedded_broker",
     "encode",
-    "first_logic",
-    "kafka_for",
     "local",
+    "replay",
     "replica_from_kafka",
     "run_until_idle",
+    "simulate",
 ]

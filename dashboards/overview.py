@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -56,16 +57,19 @@ class _Charted:
             return list(self._points)
 
 
-_charted: dict[int, tuple[Feed, _Charted]] = {}
+# The chart history of each feed (so of each store), shared by the sessions that show it:
+# weakly keyed by the feed itself (not its id(), which a later feed can reuse), so that it
+# goes with its feed.
+_charted: weakref.WeakKeyDictionary[Feed, _Charted] = weakref.WeakKeyDictionary()
 _charted_lock = threading.Lock()
 
 
 def charted(feed: Feed) -> _Charted:
     with _charted_lock:
-        held = _charted.get(id(feed))
-        if held is None or held[0] is not feed:
-            held = _charted[id(feed)] = (feed, _Charted())
-        return held[1]
+        held = _charted.get(feed)
+        if held is None:
+            held = _charted[feed] = _Charted()
+        return held
 # A HoloViews chart update costs the server ~20-40 ms per session: the charts take the
 # second-by-second points in batches, so fifty sessions fit on one process.
 CHART_EVERY_S = 5.0

@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 
 import msgspec
 
-import c360
 from c360.config import REPO_ROOT, Settings
 from c360.dev.broker import free_port
 from c360.dev.simulator import simulate
 from c360.model.events import Catalogue
 from c360.run.pipeline import Pipeline
 from c360.store.memory import EntityStore
-from c360.store.replica import replica_from_kafka
+from c360.store.replica import ChangesReplica, replica_from_kafka
+from c360.sync import SyncServer, TokenBook, connect
 from tests.factories import by_id
 
 
@@ -28,7 +28,7 @@ def versions(store: EntityStore) -> dict[str, int]:
     return {e["id"]: e["version"] for e in store.entities(None)}
 
 
-def caught_up(replica: c360.ChangesReplica, store: EntityStore, timeout: float = 90) -> None:
+def caught_up(replica: ChangesReplica, store: EntityStore, timeout: float = 90) -> None:
     want = versions(store)
     assert replica.wait_for(want, timeout), "the replica did not reach the primary's versions"
 
@@ -80,9 +80,9 @@ def test_two_processes_equal_one_and_replicas_equal_the_primary(settings: Settin
         caught_up(two, primary)
         assert by_id(two.store) == by_id(primary)
         # The replica serves syncs like the primary's store would.
-        tokens = c360.TokenBook.from_tokens({"admin": {"name": "admin", "pii": True}})
-        with c360.SyncServer(two.store, tokens, port=free_port()) as server, \
-                c360.connect(server.url, "admin") as client:
+        tokens = TokenBook.from_tokens({"admin": {"name": "admin", "pii": True}})
+        with SyncServer(two.store, tokens, port=free_port()) as server, \
+                connect(server.url, "admin") as client:
             for eid in primary.ids()[:5]:
                 client.sync(eid)
                 deadline = time.monotonic() + 20

@@ -44,8 +44,9 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 def produce(items, settings):
     \"\"\"Send simulated (stream, key, event) items to the stream topics, keyed by entity id.\"\"\"
-    c360.Pipeline(settings).ensure_topics()
-    catalogue = c360.Catalogue(settings.topic_prefix)
+    pipeline = c360.Pipeline(settings)
+    pipeline.ensure_topics()
+    catalogue = pipeline.catalogue  # the topic of each stream
     for stream, key, event in items:
         producer.send(catalogue.topic(stream), key=key.encode(), value=c360.encode(event))
     producer.flush()"""),
