@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
@@ -28,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from confluent_kafka import Message
 
-from c360.config import Settings
+from c360.config import Settings, producer_config
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic, first_logic
 from c360.entity.rules import Decision
@@ -38,7 +38,7 @@ from c360.model.events import Catalogue
 from c360.store.memory import EntityStore
 from c360.topics.changes import change_records, changes_sink, new_run_id
 from c360.topics.sinks import KafkaSink
-from c360.topics.source import KafkaBatchSource
+from c360.topics.source import KafkaBatchSource, Polled
 from dataflows.steps import (
     DEFAULT_LATENESS,
     DEFAULT_SHARDS,
@@ -50,6 +50,10 @@ from dataflows.steps import (
     decision_record,
     make_decoder,
 )
+
+# What a source gives the decoder: the Kafka source's Polled, or plain lists of messages
+# (tests, tools). A TypeVar, not a union: bytewax's Source[X] is invariant in X.
+Batch = TypeVar("Batch", Polled, list[Message])
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def global_analytics(step_id: str, partials: Stream[tuple[str, Any]],
 
 
 def build_flow(
-    source: Source[list[Message]],
+    source: Source[Batch],
     store_sink: Sink[list[Delta]],
     dlq_sink: Sink[KafkaSinkMessage],
     *,
@@ -198,9 +202,8 @@ def kafka_flow(settings: Settings, store: EntityStore, *, catalogue: Catalogue |
                               stop=stop, unordered=[cat.commands_topic],
                               partition_idle=s.partition_idle_ms / 1000,
                               align_max=s.align_max)
-    # murmur2_random: the partitioner kafka-python uses, so keys land alike from both.
-    records = {**s.security.librdkafka(), "partitioner": "murmur2_random"}
-    large = {**records, "message.max.bytes": "20000000"}  # a dead letter holds the raw event
+    records = producer_config(s)
+    large = producer_config(s, message_max_bytes=20_000_000)  # a dead letter holds the event
     flow = build_flow(
         source, StoreSink(store, recoverable), KafkaSink(brokers, cat.dlq_topic, add_config=large),
         late_sink=KafkaSink(brokers, cat.late_topic, add_config=large),
