@@ -141,7 +141,7 @@ class Dashboard(pn.viewable.Viewer):
 
 
 def app(store: EntityStore | None = None, settings: Settings | None = None,
-        anonymous: Scope = NARROW) -> pn.viewable.Viewable:
+        anonymous: Scope = NARROW) -> pn.viewable.Viewable | pn.viewable.Viewer:
     """The dashboard for one server session (the shared store unless one is given)."""
     from c360.run import shared as live
 

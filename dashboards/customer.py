@@ -17,7 +17,7 @@ import html
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import holoviews as hv
 import pandas as pd
@@ -354,7 +354,7 @@ class CustomerView(pn.viewable.Viewer):
         self._say(f"{name} applied to {self.customer_id} at version {version}", "success")
         self.refresh()
 
-    def _say(self, text: str, kind: str) -> None:
+    def _say(self, text: str, kind: Literal["secondary", "danger", "success"]) -> None:
         self.result.object = text
         self.result.alert_type = kind
         self.result.visible = True

@@ -109,7 +109,8 @@ class FinderPage(pn.viewable.Viewer):
         if self.segment.options != options:
             self.segment.options = options
         segment = "" if self.segment.value == ALL else self.segment.value
-        df = find(snap.table, self.scope, self.search.value, segment, SORTS[self.sort.value])
+        text = self.search.value or ""  # a TextInput's value is typed str | None
+        df = find(snap.table, self.scope, text, segment, SORTS[self.sort.value])
         self.table.update([display_row(row) for row in df.itertuples(index=False, name=None)])
         self.count.object = f"{len(df)} shown of {snap.customers:,} customers"
 

@@ -472,7 +472,7 @@ def error_page(message: str) -> pn.viewable.Viewable:
     )
 
 
-def app() -> pn.viewable.Viewable:
+def app() -> pn.viewable.Viewable | pn.viewable.Viewer:
     """The page for one server session, over the process's shared store."""
     from c360.run import shared as live
 

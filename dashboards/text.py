@@ -71,10 +71,11 @@ def when(t: datetime | date | str | None, *, zone: bool = True) -> str:
     if t is None:
         return ""
     if isinstance(t, str):
+        text = t
         try:
-            t = datetime.fromisoformat(t)
+            t = datetime.fromisoformat(text)
         except ValueError:
-            return t
+            return text
     if isinstance(t, datetime):
         if t.tzinfo is not None:
             t = t.astimezone(timezone.utc)
@@ -162,8 +163,9 @@ def _record(field: str, r: Mapping[str, Any], names: Names) -> str:  # noqa: C90
             parts.append(f"in {g('installments')} instalments")
         return " ".join(parts) + f" on {when(g('payment_date'))} (order {g('order_id')})"
     if field in ("location", "recent_locations") and "latitude" in r:
-        return (f"{place(g('latitude'), g('longitude'), g('city'))} at {when(g('at'))} "
-                f"({coordinates(g('latitude'), g('longitude'))})")
+        lat, lon = r["latitude"], r["longitude"]
+        return (f"{place(lat, lon, g('city'))} at {when(g('at'))} "
+                f"({coordinates(lat, lon)})")
     if field == "demographics":
         parts = [f"age {g('age')}" if g("age") is not None else "",
                  f"income {money(g('income'))} a month" if g("income") is not None else "",

@@ -99,7 +99,8 @@ def _stop_watched(proc: subprocess.Popen[bytes] | None, *, kill: bool = False) -
         return
     if not kill:
         with contextlib.suppress(OSError):
-            proc.stdin.close()  # type: ignore[union-attr]  # the watchdog stops the child
+            if proc.stdin is not None:  # it is: _watched pipes it
+                proc.stdin.close()  # the watchdog stops the child
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
             return
@@ -107,7 +108,8 @@ def _stop_watched(proc: subprocess.Popen[bytes] | None, *, kill: bool = False) -
         os.killpg(proc.pid, signal.SIGKILL)  # its own process group: the shell and child
     proc.wait(5)
     with contextlib.suppress(OSError):
-        proc.stdin.close()  # type: ignore[union-attr]
+        if proc.stdin is not None:
+            proc.stdin.close()
 
 
 MEMORY = "memory://tansu/"

@@ -19,7 +19,10 @@ EXTENSIONS = ("tabulator",)  # Panel extensions the dashboards use
 def _through_panel(obj: Any, include: Any = None, exclude: Any = None) -> Any:
     import panel as pn
 
-    return pn.panel(obj)._repr_mimebundle_(include, exclude)
+    view = pn.panel(obj)  # typed Viewable | ServableMixin; a HoloViews object gives a Viewable
+    if not isinstance(view, pn.viewable.Viewable | pn.viewable.Viewer):
+        raise TypeError(f"pn.panel gave a {type(view).__name__}, which Jupyter cannot show")
+    return view._repr_mimebundle_(include, exclude)
 
 
 def offline() -> None:

@@ -248,7 +248,7 @@ _REVIEWS = {
     4: ("Good quality for the price.", "Nice {name}, delivery was quick."),
     5: ("Excellent {name}, exactly as described!", "Loved it, will buy again."),
 }
-_SOCIAL = {
+_SOCIAL: dict[str, dict[int, tuple[str, ...]]] = {
     "post": {1: ("Just got my new {name} from @c360, loving it!", "Best {category} buy ever."),
              0: ("Ordered a {name} from @c360 today.", "Thinking about a new {category} item."),
              -1: ("My {name} from @c360 broke after a week. Not happy.",
@@ -499,12 +499,14 @@ class Simulation:
         return c
 
     # -- building events -----------------------------------------------------------------------
-    def _event(self, stream: str, key: str, schema: type[E], **fields: Any) -> Item:
+    def _event(self, stream: str, key: str, schema: type[E],
+               **fields: Any) -> tuple[str, str, E]:
         event = schema(event_id=f"{stream}-{self._tag}-{next(self._ids)}", event_time=self.now,
                        **fields)
         return stream, key, event
 
-    def _of(self, stream: str, c: _Customer, schema: type[E], **fields: Any) -> Item:
+    def _of(self, stream: str, c: _Customer, schema: type[E],
+            **fields: Any) -> tuple[str, str, E]:
         return self._event(stream, c.id, schema, customer_id=c.id, **fields)
 
     def _product_event(self, p: _Product) -> Item:
@@ -665,8 +667,8 @@ class Simulation:
         today = self.now.date()
         age = today.year - c.birthdate.year - (
             (today.month, today.day) < (c.birthdate.month, c.birthdate.day))
-        level, income = rng.choice(_EDUCATION[1:] if age >= 24 else _EDUCATION[:2])
-        income = round(income * rng.uniform(0.6, 1.8) * (1.4 if c.city.country == "PT" else 1),
+        level, typical = rng.choice(_EDUCATION[1:] if age >= 24 else _EDUCATION[:2])
+        income = round(typical * rng.uniform(0.6, 1.8) * (1.4 if c.city.country == "PT" else 1),
                        -1)
         return self._of("tp_demographics", c, ev.Demographics, age=max(0, age),
                         income=income, education_level=level,
@@ -783,7 +785,7 @@ class Simulation:
             total_amount=total / 100,
             lines=[ev.OrderLine(p.id, q, p.price / 100, p.discount / 100, p.category, p.brand)
                    for p, q in lines])
-        order: ev.Order = placed[2]  # type: ignore[assignment]
+        order = placed[2]
         yield placed
         for method, amount, installments in self._payment_split(total):
             yield self._of("payments", c, ev.Payment, order_id=order_id, payment_date=self.now,

@@ -328,4 +328,8 @@ def encode(event: Event) -> bytes:
 
 def key_of(event: Event) -> str:
     """The entity id an event belongs to (customer id, or product id)."""
-    return getattr(event, "customer_id", None) or event.product_id  # type: ignore[attr-defined]
+    if isinstance(event, CustomerEvent):
+        return event.customer_id
+    if isinstance(event, Product | Inventory):
+        return event.product_id
+    raise TypeError(f"a {type(event).__name__} event belongs to no entity")

@@ -10,10 +10,13 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c360.config import Settings, parse_bootstrap
 from c360.errors import BrokerError
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 CONNECT_TIMEOUT = 5.0  # seconds a CLI command waits for the cluster before it says so
 
@@ -47,8 +50,10 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
                           "broker (`c360 broker` prints the address to export) or fix "
                           "C360_KAFKA_BOOTSTRAP / --bootstrap")
     errors: list[str] = []
-    admin = AdminClient({**settings.librdkafka(), "log_level": 0,
-                         "error_cb": lambda err: errors.append(str(err))})
+    # Any: librdkafka takes callbacks in its config too, which confluent-kafka's stubs omit.
+    config: dict[str, Any] = {**settings.librdkafka(), "log_level": 0,
+                              "error_cb": lambda err: errors.append(str(err))}
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=max(0.5, deadline - time.monotonic()))
     except KafkaException as exc:
@@ -82,13 +87,13 @@ class TopicWatch:
     changes when it is re-created; a durable broker keeps the ids across restarts.
     """
 
-    def __init__(self, config: Mapping[str, str], topics: Iterable[str], *,
+    def __init__(self, config: Mapping[str, str | int | float | bool], topics: Iterable[str], *,
                  interval: float = 1.0, unreachable_timeout: float = 60.0) -> None:
-        self._config = dict(config)
+        self._config: dict[str, str | int | float | bool] = dict(config)
         self._topics = list(topics)
         self._interval = interval
         self._unreachable_timeout = unreachable_timeout
-        self._admin = None
+        self._admin: AdminClient | None = None
         self._ids: dict[str, str] = {}  # topic -> id when first seen
         self._next = 0.0
         self._pending: dict[str, Any] | None = None  # describe futures not yet judged

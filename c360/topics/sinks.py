@@ -59,7 +59,10 @@ class _Partition(StatelessSinkPartition[Record]):
                 raise RuntimeError(f"no topic to produce {m} to")
             while True:
                 try:
-                    self._producer.produce(topic, value=m.value, key=m.key, headers=m.headers,
+                    # ignore: bytewax types headers list[tuple[str, bytes]], confluent-kafka
+                    # list[tuple[str, str | bytes | None]]; the same list, but list is invariant.
+                    self._producer.produce(topic, value=m.value, key=m.key,
+                                           headers=m.headers,  # type: ignore[arg-type]
                                            timestamp=m.timestamp, on_delivery=self._delivered)
                     break
                 except BufferError:

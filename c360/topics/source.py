@@ -39,6 +39,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -124,7 +125,7 @@ class Polled:
     def __len__(self) -> int:
         return len(self.msgs)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Message]:
         return iter(self.msgs)
 
     def end_clock(self) -> float:
@@ -255,7 +256,9 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
         self._tps = [TopicPartition(t, index, self._offsets.get(t, OFFSET_BEGINNING))
                      for t in topics]
         self._consumer.assign(self._tps)
-        self._topic_index = {t: i for i, t in enumerate(topics) if t not in unordered}
+        # Keyed by what Message.topic() returns: None (some errors) is in no topic.
+        self._topic_index: dict[str | None, int] = {
+            t: i for i, t in enumerate(topics) if t not in unordered}
         self._merge = Merge(len(topics), partition_idle, align_max)
         for i, t in enumerate(topics):
             if t in unordered:  # never waited for
@@ -335,7 +338,9 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
         for m, t in zip(out, times, strict=True):
             offset = m.offset()
             if offset is not None and offset >= 0:
-                offsets[m.topic()] = offset + 1
+                topic = m.topic()
+                if topic is not None:
+                    offsets[topic] = offset + 1
             if t > end:
                 end = t
         self._clock = end
@@ -399,7 +404,7 @@ class KafkaBatchSource(FixedPartitionedSource[Polled, Offsets]):
                  partition_idle: float = 0.5, align_max: int = 20_000) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a list of topic names, not a string")
-        self._config = config
+        self._config: dict[str, str | int | float | bool] = dict(config)
         self._topics = list(topics)
         self._batch_size = batch_size
         self._idle_timeout = idle_timeout
