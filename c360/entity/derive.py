@@ -180,7 +180,8 @@ class EntityHooks:
 
     def _segments(self, fields: dict[str, Any], changes: dict[str, Any], notes: win.Notes,
                   swept: bool) -> None:
-        current = fields.get("segments") or []
+        current: list[str] = fields.get("segments") or []
+        new: list[str] | None
         if swept:  # dormant, and whatever the aged fields (as_of_day) changed
             members = self.segment_book.membership(fields, changes, current)
             new = sorted({*(current if members is None else members), segments_mod.DORMANT})

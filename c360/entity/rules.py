@@ -182,7 +182,9 @@ def opted_out(c: Fields) -> bool:
     if c.get("marketing_opt_out") is True:
         return True
     demo = c.get("demographics")
-    return bool(demo) and demo.get("marketing_opt_in") is False
+    if not demo:
+        return False
+    return demo.get("marketing_opt_in") is False
 
 
 # -- the shop's catalogue, as the offer rules see it --------------------------------------------
