@@ -68,9 +68,9 @@ class DataError(C360Error):
 
 
 class StateFormatError(DataError):
-    """A recovery snapshot or a changes-topic record this c360 cannot read: another state
-    format version (or an unversioned pickle of an earlier c360), or damaged. The message
-    says which and what to do (c360.model.codec, docs/reliability.md "State format")."""
+    """A recovery snapshot or a changes-topic record this c360 cannot read: of another
+    state format version, or an unversioned pickle of an earlier c360. The message says
+    which and what to do (c360.model.codec, docs/reliability.md "State format")."""
 
     code = "state_format"
 

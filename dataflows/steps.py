@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import math
-import pickle
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -21,6 +20,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Message
 
+from c360.entity import codec
 from c360.entity.analytics import Collector, GlobalWindows
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic
@@ -164,14 +164,15 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes]):
                  analytics: bool = False) -> None:
         self.analytics = analytics
         self.kind: str | None = None  # every entity of a shard has one kind (see shard_of)
-        restored = pickle.loads(resume) if resume else None
-        if isinstance(restored, tuple):
-            self.kind, restored = restored
-        self.shard: Shard = restored if restored is not None else Shard(
-            hooks, allowed_lateness or timedelta(0))
+        # The settings are the ones given now, resumed or not: a snapshot holds data only.
+        lateness = allowed_lateness or timedelta(0)
+        if resume:
+            self.kind, self.shard = codec.decode_shard(resume, hooks, lateness)
+        else:
+            self.shard = Shard(hooks, lateness)
         self.logic = logic
         self.recoverable = recoverable
-        self._reset_due = restored is not None and self.kind is not None
+        self._reset_due = bool(resume) and self.kind is not None
         self._reported: dict[int, tuple[float, bool]] = {}
 
     def notify_at(self) -> datetime | None:
@@ -216,11 +217,11 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes]):
         return ([Folded(deltas, [], [], [])] if deltas else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:  # type: ignore[override]
-        # Pickled now, so later folds cannot change what recovery stores. Much
-        # cheaper than the deep copy bytewax's stateful_map makes per epoch.
+        # Encoded now, so later folds cannot change what recovery stores; the versioned
+        # format of c360.entity.codec (data, no settings, no module paths).
         if not self.recoverable:
             return None
-        return pickle.dumps((self.kind, self.shard), protocol=pickle.HIGHEST_PROTOCOL)
+        return codec.encode_shard(self.kind, self.shard)
 
 
 def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:
@@ -250,7 +251,8 @@ class GlobalWindowsLogic(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]
     """Bytewax state around :class:`c360.entity.analytics.GlobalWindows` (one for all)."""
 
     def __init__(self, resume: bytes | None, shard_keys: int) -> None:
-        self.windows = GlobalWindows(resume, shard_keys)
+        self.windows = (codec.decode_global(resume, shard_keys) if resume
+                        else GlobalWindows(shard_keys))
 
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[list[list[Delta]], bool]:
         return self.windows.on_batch(values), StatefulBatchLogic.RETAIN
@@ -259,7 +261,7 @@ class GlobalWindowsLogic(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]
         return self.windows.on_eof(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return self.windows.snapshot()
+        return codec.encode_global(self.windows)
 
 
 class _StorePartition(StatelessSinkPartition[list[Delta]]):

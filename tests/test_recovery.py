@@ -12,7 +12,7 @@ import pytest
 from c360.config import Settings
 from c360.dev.simulator import simulate
 from c360.entity.derive import EntityHooks
-from c360.errors import DataError
+from c360.errors import DataError, StateFormatError
 from c360.model.delta import Delta, Lifecycle
 from c360.run.pipeline import Pipeline
 from c360.store.memory import EntityStore
@@ -27,18 +27,32 @@ def d(version: int, changes: dict, stream: str = "orders", eid: str = "c1") -> D
     return Delta(eid, "customer", version, T, stream, f"e{version}", changes)
 
 
-def test_change_records_round_trip_exactly_and_refuse_foreign_classes() -> None:
+class _Touch:
+    """Unpickling it creates a file: proof that a reader unpickled what it was given."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.path,))
+
+
+def test_change_records_round_trip_exactly_and_refuse_pickles_unread(tmp_path: Path) -> None:
     delta = d(3, {"as_of_day": T.date(), "last_order_at": T + timedelta(hours=1),
                   "recent": [{"at": T, "n": 1}], "pair": (1, 2)})
     assert decode_change(encode_change(delta)) == delta
     life = Lifecycle("c1", "customer", 3, T, "created", {"stream": "orders"})
     assert decode_change(encode_change(life)) == life
-    with pytest.raises(DataError, match="never holds"):
-        decode_change(pickle.dumps(__import__("os").system))
-    with pytest.raises(DataError, match="not a Delta"):
-        decode_change(pickle.dumps({"a": 1}))
-    with pytest.raises(DataError, match="unreadable"):
-        decode_change(b"\x80\x05garbage")
+    # Records are not pickles (tests/test_state_format.py): a pickle, of a change as the
+    # releases before the state format wrote them or of anything, is refused unread.
+    touched = tmp_path / "touched"
+    for raw in (pickle.dumps(_Touch(touched)), pickle.dumps(delta.__class__),
+                pickle.dumps({"a": 1}), b"\x80\x05garbage"):
+        with pytest.raises(StateFormatError, match="unversioned pickle of an earlier c360"):
+            decode_change(raw)
+    assert not touched.exists()
+    with pytest.raises(DataError, match="damaged changes record"):
+        decode_change(encode_change(delta)[:-3])
 
 
 def test_replayed_deltas_in_another_order_converge_without_versions_going_back() -> None:

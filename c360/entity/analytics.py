@@ -26,7 +26,6 @@ minute; active customers are distinct customers with any applied event in the mi
 from __future__ import annotations
 
 import math
-import pickle
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -197,20 +196,15 @@ class GlobalWindows:
     reported past a window's end, no partial of it can follow.
     """
 
-    def __init__(self, resume: bytes | None, shard_keys: int) -> None:
+    def __init__(self, shard_keys: int) -> None:
+        # Resumed from a snapshot by c360.entity.codec.decode_global, which sets the state.
         self.shard_keys = shard_keys
-        if resume:
-            state = pickle.loads(resume)
-            if len(state) == 4:  # before per-partition watermarks
-                state = (*state, {})
-            self.entities, self.open, self.watermark, self.late, self.marks = state
-        else:
-            self.entities = GlobalEntities()
-            self.open: dict[tuple[datetime, str], Acc] = {}  # (end, length key) -> window
-            self.watermark: datetime | None = None  # windows ending at or before it closed
-            self.late = 0
-            # (shard key, source partition) -> (watermark epoch s, partition idle)
-            self.marks: dict[tuple[str, int], tuple[float, bool]] = {}
+        self.entities = GlobalEntities()
+        self.open: dict[tuple[datetime, str], Acc] = {}  # (end, length key) -> window
+        self.watermark: datetime | None = None  # windows ending at or before it closed
+        self.late = 0
+        # (shard key, source partition) -> (watermark epoch s, partition idle)
+        self.marks: dict[tuple[str, int], tuple[float, bool]] = {}
         self._parts = 0
 
     def on_batch(self, values: list[tuple[str, Any]]) -> list[list[Delta]]:
@@ -260,7 +254,3 @@ class GlobalWindows:
         for end, key in sorted(k for k in self.open if due(k[0])):
             deltas.extend(self.entities.closed(key, self.open.pop((end, key))))
         return deltas
-
-    def snapshot(self) -> bytes:
-        return pickle.dumps((self.entities, self.open, self.watermark, self.late, self.marks),
-                            protocol=pickle.HIGHEST_PROTOCOL)

@@ -87,6 +87,8 @@ class Shard:
     partition, in an order that is a function of the topics' contents (c360.topics.source), so
     what is aged when, and every version, is the same in every run. :meth:`finish` ages
     everyone to the end of input.
+
+    Recovery snapshots hold its data, never its hooks or lateness (c360.entity.codec).
     """
 
     __slots__ = ("entities", "hooks", "latest", "_lateness", "marks", "_due", "_clocks",
@@ -102,22 +104,6 @@ class Shard:
         self._due: dict[int, list[tuple[float, str]]] = {}  # partition -> deadline heap
         self._clocks: dict[int, float] = {}  # events without a mark: latest time per partition
         self.ended: dict[int, float] = {}  # source partition -> its final event time
-
-    def __getstate__(self) -> tuple:
-        return (self.entities, self.hooks, self.latest, self.marks, self._lateness,
-                self._due, self._clocks, self.ended)
-
-    def __setstate__(self, state: tuple | dict) -> None:
-        if isinstance(state, dict):  # a snapshot from before hooks existed
-            state = (state, None, None, None, timedelta(hours=1))
-        if len(state) == 5:  # before deadlines: every customer is scheduled afresh
-            entities, hooks, latest, _, lateness = state
-            state = (entities, hooks, latest, {}, lateness, {}, {}, {})
-            for st in entities.values():
-                if st.windows is not None:
-                    st.windows.due = None
-        (self.entities, self.hooks, self.latest, self.marks, self._lateness, self._due,
-         self._clocks, self.ended) = state
 
     @property
     def aging(self) -> bool:

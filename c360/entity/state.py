@@ -28,7 +28,11 @@ KNOWN_ORDERS = 256  # order ids remembered per customer to count distinct orders
 
 
 class EntityState:
-    """The dataflow's private state of one entity: public fields plus bookkeeping."""
+    """The dataflow's private state of one entity: public fields plus bookkeeping.
+
+    Recovery snapshots write it as c360.entity.codec lays it out: a slot added here is
+    written there too, in a new format version.
+    """
 
     __slots__ = ("fields", "version", "seen", "orders", "review_sum", "cart_marks", "windows",
                  "fired")
@@ -43,14 +47,6 @@ class EntityState:
         self.cart_marks: dict[str, tuple[datetime, int]] = {}
         self.windows: Any = None  # c360.entity.windows.Windows, when windows of relevance are on
         self.fired: dict[str, float] | None = None  # decision key -> event time (cool-downs)
-
-    def __getstate__(self) -> tuple:
-        return (self.fields, self.version, self.seen, self.orders, self.review_sum,
-                self.cart_marks, self.windows, self.fired)
-
-    def __setstate__(self, state: tuple) -> None:
-        (self.fields, self.version, self.seen, self.orders, self.review_sum,
-         self.cart_marks, self.windows, self.fired) = state
 
     def is_duplicate(self, event_id: str) -> bool:
         """Remember ``event_id``; True when it was already seen recently."""

@@ -190,7 +190,8 @@ def _first_kept_month(today: int) -> str:
 
 
 class Windows:
-    """An entity's private window bookkeeping (kept in ``EntityState.windows``)."""
+    """An entity's private window bookkeeping (kept in ``EntityState.windows``; recovery
+    snapshots write it as c360.entity.codec lays it out)."""
 
     __slots__ = ("now", "day", "daily", "scores", "refs", "quiet", "at", "swept", "due")
 
@@ -210,16 +211,6 @@ class Windows:
         self.quiet = False  # aged as quiet; cleared by the next event
         self.swept = -math.inf  # the latest time it was aged to (epoch s)
         self.due: float | None = None  # its deadline in the shard's heap, if any
-
-    def __getstate__(self) -> tuple:
-        return (self.now, self.day, self.daily, self.scores, self.refs, self.quiet, self.at,
-                self.swept, self.due)
-
-    def __setstate__(self, state: tuple) -> None:
-        if len(state) == 6:  # a snapshot from before closed-form scores: start them afresh
-            state = (*state[:3], {}, {}, state[5], {}, -math.inf, None)
-        (self.now, self.day, self.daily, self.scores, self.refs, self.quiet, self.at,
-         self.swept, self.due) = state
 
 
 Notes = list[tuple[str, dict[str, Any]]]  # lifecycle events to emit: (type, detail)

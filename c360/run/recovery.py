@@ -1,16 +1,17 @@
 """Crash recovery of the dataflow: bytewax recovery partitions in a local directory.
 
 With a recovery directory the dataflow snapshots, at the end of every epoch (the
-snapshot interval), each source partition's next offsets and each shard's pickled state,
-into SQLite recovery partitions there. After a crash (``kill -9`` included) a restart
-with the same directory resumes from the last complete snapshot: the sources re-read
-from the snapshotted offsets, and the shards re-fold what was read since. That replay
-is at-least-once; each entity's version (one per applied event) stays exact because the
-shard state and the offsets are snapshotted together, and the resumed shards first
-publish each entity's whole state (a reset, see :mod:`c360.store.replica`) so stores rebuild
-and replicas stay right. ``docs/reliability.md`` states the guarantees.
+snapshot interval), each source partition's next offsets and each shard's state (in the
+versioned format of :mod:`c360.entity.codec`), into SQLite recovery partitions there.
+After a crash (``kill -9`` included) a restart with the same directory resumes from the
+last complete snapshot: the sources re-read from the snapshotted offsets, and the shards
+re-fold what was read since. That replay is at-least-once; each entity's version (one per
+applied event) stays exact because the shard state and the offsets are snapshotted
+together, and the resumed shards first publish each entity's whole state (a reset, see
+:mod:`c360.store.replica`) so stores rebuild and replicas stay right. ``docs/reliability.md``
+states the guarantees.
 
-Two things make a directory unusable, and both are caught here:
+Three things make a directory unusable, and all are caught here:
 
 - **A set-up cut short** (``kill -9`` while the first start creates the partitions): a
   partition file without its ``parts`` row made every later start fail with bytewax's
@@ -24,23 +25,31 @@ Two things make a directory unusable, and both are caught here:
   mixing events) and end normally. The marker records each input topic's id (a
   re-created topic gets a new one; a durable broker keeps them) and a start against other
   ids stops with :class:`RecoveryMismatch`, which says to start afresh.
+- **Snapshots of another state format** (written by a c360 of another version of
+  :mod:`c360.entity.codec`'s layout, or pickled by a c360 from before it): a start reads
+  every snapshot's header first and stops with a one-line ``StateFormatError`` that says
+  to start afresh, rather than failing inside a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickle
 import shutil
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from c360.errors import BrokerError, ConfigError, RecoveryMismatch
+from c360.entity import codec
+from c360.errors import BrokerError, ConfigError, DataError, RecoveryMismatch
 
 PARTITION_GLOB = "part-*.sqlite3"
 MARKER = "c360-recovery.json"  # written last: the directory is set up once it exists
@@ -64,6 +73,7 @@ def prepare(directory: str | Path, partitions: int = 1, *,
         raise ConfigError(f"recovery directory {path} is a file, not a directory")
     if not (path / MARKER).exists():
         _set_up(path, partitions)
+    check_snapshots(path)
     if topic_ids:
         _check_topics(path, topic_ids)
     return path
@@ -125,6 +135,36 @@ def _check_topics(path: Path, ids: Mapping[str, str]) -> None:
     if new:
         marker["topics"] = {**recorded, **new}
         _write_marker(path, marker)
+
+
+class _BytesOnly(pickle.Unpickler):
+    """bytewax pickles each snapshot; ours are bytes, which need no class to read."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError("not a c360 snapshot")
+
+
+def check_snapshots(path: Path) -> None:
+    """:class:`StateFormatError` unless every fold and global-windows snapshot in the
+    recovery directory is of the state format this c360 reads (headers only)."""
+    for f in sorted(path.glob(PARTITION_GLOB)):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{f}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps "
+                                  "WHERE ser_change IS NOT NULL")
+                for step, key, blob in rows:
+                    try:
+                        snap = _BytesOnly(io.BytesIO(blob)).load()
+                    except (pickle.UnpicklingError, EOFError, ValueError):
+                        continue  # another step's state (a source's offsets are a dict)
+                    if isinstance(snap, bytes):
+                        try:
+                            codec.check(snap)
+                        except DataError as exc:
+                            raise type(exc)(f"recovery directory {path}, step {step} key "
+                                            f"{key}: {exc}") from None
+        except sqlite3.Error:
+            continue  # no snapshot table yet (a set-up cut short is made again above)
 
 
 def _partition_state(files: list[Path]) -> tuple[bool, bool]:

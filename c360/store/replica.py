@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from c360.config import Settings
-from c360.errors import BrokerError, C360Error, DataError
+from c360.errors import BrokerError, C360Error, DataError, StateFormatError
 from c360.model.delta import Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.store.memory import EntityStore
@@ -124,7 +124,7 @@ class Materializer:
 class ChangesReplica:
     """An :class:`EntityStore` materialized from the entity-changes topic, in the background.
 
-    Usable wherever a store is: ``c360.SyncServer(replica.store)``, dashboards, notebooks.
+    Usable wherever a store is: ``c360.sync.SyncServer(replica.store)``, dashboards, notebooks.
     It reads the topic from the beginning, so it rebuilds everything the dataflow published.
     """
 
@@ -175,7 +175,10 @@ class ChangesReplica:
                 msgs = self._consumer.consume(5000, 0.1)
                 if msgs:
                     self._take(msgs)
-        except BaseException as exc:  # surfaced by stop()
+        except C360Error as exc:  # surfaced by wait_for() and stop(), in one line
+            self.error = exc
+            log.error("%s", exc)
+        except BaseException as exc:  # surfaced by wait_for() and stop()
             self.error = exc
             log.exception("the changes replica stopped with an error")
         finally:
@@ -190,7 +193,12 @@ class ChangesReplica:
                     raise BrokerError(f"reading {self.topic}: {m.error()}")
                 try:
                     c = decode_change(m.value())
-                except DataError as exc:
+                except StateFormatError as exc:  # a whole topic of them, most likely: stop
+                    self.materializer.apply(changes)  # the records before it
+                    raise StateFormatError(f"the changes replica stopped at {self.topic} "
+                                           f"partition {m.partition()} offset {m.offset()}: "
+                                           f"{exc}") from None
+                except DataError as exc:  # one bad record (not written by c360): skip it
                     self.bad_records += 1
                     log.warning("skipped record %s/%s@%s: %s", m.topic(), m.partition(),
                                 m.offset(), exc)
@@ -225,8 +233,7 @@ class ChangesReplica:
             shown = self.versions()
             if all(shown.get(k, 0) >= v for k, v in versions.items()):
                 return True
-            if self.error is not None:
-                raise C360Error(f"the changes replica failed: {self.error}") from self.error
+            self._raise_error()
             time.sleep(0.05)
         return False
 
@@ -234,6 +241,11 @@ class ChangesReplica:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if isinstance(self.error, C360Error):
+            raise self.error  # one line that says what to do (a StateFormatError, say)
         if self.error is not None:
             raise C360Error(f"the changes replica failed: {self.error}") from self.error
 

@@ -5,26 +5,28 @@ entity id (murmur2, like every c360 producer), so one entity's changes stay in o
 partition in version order. Replicas (:mod:`c360.store.replica`) materialize a store from it:
 a dashboard server or a notebook on another machine, or after the dataflow moved.
 
-Records are pickles read back by a restricted unpickler that only builds the few classes
-a change can hold (the pattern of the Python docs' "Restricting Globals"): entity fields
-hold ``datetime`` and ``date`` values, which JSON and msgpack would turn into strings, so
-a replica would no longer equal the primary store. Each record carries the id of the
-dataflow run that wrote it (header ``c360-run``), which tells a replica when a restarted
-dataflow began publishing.
+Records are format :data:`CHANGE_FORMAT` of :mod:`c360.model.codec`: a header (marker and
+version), then MessagePack of the change's fields in the order of :class:`ChangeV1` (no class
+or module names), so a replica on another machine or of a later c360 reads them without
+sharing this code's layout; fields keep their ``datetime`` and ``date`` values, so a replica
+equals the primary store. A record of another version stops the replica with a one-line
+:class:`~c360.errors.StateFormatError` rather than being skipped. Each record carries the
+id of the dataflow run that wrote it (header ``c360-run``), which tells a replica when a
+restarted dataflow began publishing.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
-import pickle
 import uuid
+from datetime import datetime
 from typing import Any
 
+import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 
 from c360.config import Settings
 from c360.errors import DataError
+from c360.model import codec
 from c360.model.delta import Delta, Lifecycle
 from c360.topics.sinks import KafkaSink
 
@@ -33,43 +35,53 @@ RUN_HEADER = "c360-run"
 # version its recovery snapshot holds (see dataflows.steps.ShardLogic).
 RESET_STREAM = "recovery"
 
-_ALLOWED = {
-    ("c360.model.delta", "Delta"): Delta,
-    ("c360.model.delta", "Lifecycle"): Lifecycle,
-    ("datetime", "datetime"): _dt.datetime,
-    ("datetime", "date"): _dt.date,
-    ("datetime", "timedelta"): _dt.timedelta,
-    ("datetime", "timezone"): _dt.timezone,
-}
+CHANGE_FORMAT = 1
+ADVICE = ("read this topic with the c360 that wrote it, or have the dataflow publish to a new "
+          "one (c360 run --changes NEW_TOPIC) and read that")
+DELTA, LIFECYCLE = 0, 1
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise DataError(f"a change record refers to {module}.{name}, which a change "
-                            "never holds; the record was not written by c360") from None
+class ChangeV1(msgspec.Struct, array_like=True):
+    """One change record: a delta (``what`` 0: ``name`` its stream, ``event_id`` its
+    event, ``data`` its changes) or a lifecycle event (1: ``name`` its type, ``data`` its
+    detail, ``event_id`` empty)."""
+
+    what: int
+    entity_id: str
+    kind: str
+    version: int
+    event_time: datetime
+    name: str
+    event_id: str
+    data: dict[str, Any]
+
+
+_DECODER = codec.decoder(ChangeV1)
+_HEADER = codec.header(codec.CHANGE, CHANGE_FORMAT)
 
 
 def encode_change(change: Delta | Lifecycle) -> bytes:
-    return pickle.dumps(change, protocol=pickle.HIGHEST_PROTOCOL)
+    if type(change) is Delta:
+        rec = ChangeV1(DELTA, change.entity_id, change.kind, change.version, change.event_time,
+                       change.stream, change.event_id, codec.plain(change.changes))
+    else:
+        rec = ChangeV1(LIFECYCLE, change.entity_id, change.kind, change.version,
+                       change.event_time, change.type, "", codec.plain(change.detail))
+    return _HEADER + codec.ENCODER.encode(rec)
 
 
 def decode_change(raw: bytes | None) -> Delta | Lifecycle:
-    """A change record back to its delta or lifecycle event, or :class:`DataError`."""
-    if not raw:
-        raise DataError("empty change record")
-    try:
-        change = _Unpickler(io.BytesIO(raw)).load()
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"unreadable change record: {type(exc).__name__}: {exc}") from None
-    if type(change) not in (Delta, Lifecycle):
-        raise DataError(f"a change record holds a {type(change).__name__}, "
-                        "not a Delta or Lifecycle")
-    return change
+    """A change record back to its delta or lifecycle event. :class:`StateFormatError`
+    when it is of another format version; a :class:`DataError` when it is damaged or not
+    a c360 changes record."""
+    data = codec.payload(raw, codec.CHANGE, CHANGE_FORMAT, ADVICE)
+    r: ChangeV1 = codec.decode(data, _DECODER, codec.CHANGE, ADVICE)
+    if r.what == DELTA:
+        return Delta(r.entity_id, r.kind, r.version, r.event_time, r.name, r.event_id, r.data)
+    if r.what == LIFECYCLE:
+        return Lifecycle(r.entity_id, r.kind, r.version, r.event_time, r.name, r.data)
+    raise DataError(f"a damaged changes record (it holds change kind {r.what}, "
+                           f"neither a delta nor a lifecycle event): {ADVICE}")
 
 
 def new_run_id() -> str:

@@ -1,0 +1,175 @@
+"""Recovery snapshots of the fold's state: a shard's entities and the global windows.
+
+A snapshot holds data only: each entity's fields, version and bookkeeping (recent event
+ids, known orders, cart marks, windows of relevance, cool-downs), and the shard's clocks
+(watermark per source partition, aging deadlines, end-of-input times). It never holds
+settings (the hooks' flags, the aging, the allowed lateness) nor code (rules, segments):
+a resumed dataflow folds with the ones it was started with, as a fresh one would.
+
+The layout below is format :data:`SHARD_FORMAT` / :data:`GLOBAL_FORMAT` of
+:mod:`c360.model.codec` (a header, then MessagePack of these structs, arrays of values in
+field order: no field, class or module names in the bytes). A change to any of them is a
+new version; the reader refuses other versions with a one-line
+:class:`~c360.errors.StateFormatError`. ``tests/fixtures/make_state_fixtures.py`` wrote
+the committed snapshots that ``tests/test_state_format.py`` resumes from.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from c360.entity.analytics import Acc, GlobalEntities, GlobalWindows
+from c360.entity.derive import EntityHooks
+from c360.entity.shard import Shard
+from c360.entity.state import EntityState
+from c360.entity.windows import Windows
+from c360.model.codec import ENCODER, GLOBAL, MAGIC, SHARD, decode, decoder, header, payload, plain
+
+SHARD_FORMAT = 1
+GLOBAL_FORMAT = 1
+ADVICE = ("start afresh with an empty recovery directory (a new --recovery-dir, or delete "
+          "this one), or resume it with the c360 that wrote it")
+
+
+class WindowsV1(msgspec.Struct, array_like=True):
+    now: datetime | None
+    day: int
+    daily: dict[str, dict[int, int]]  # measure -> day -> amount (cents or counts)
+    scores: dict[str, dict[str, float]]
+    refs: dict[str, float]
+    at: dict[str, float]
+    quiet: bool
+    swept: float
+    due: float | None
+
+
+class EntityV1(msgspec.Struct, array_like=True):
+    fields: dict[str, Any]
+    version: int
+    seen: dict[str, tuple[int, float] | None]  # event id -> (source partition, time) or nil
+    orders: dict[str, str]
+    review_sum: int
+    cart_marks: dict[str, tuple[datetime, int]]
+    windows: WindowsV1 | None
+    fired: dict[str, float] | None
+
+
+class ShardV1(msgspec.Struct, array_like=True):
+    kind: str | None  # "customer" or "product"; None before the shard's first event
+    entities: dict[str, EntityV1]
+    latest: datetime | None
+    marks: dict[int, float]  # source partition -> watermark (epoch s)
+    due: dict[int, list[tuple[float, str]]]  # source partition -> (deadline, id) heap
+    clocks: dict[int, float]
+    ended: dict[int, float]
+
+
+class AccV1(msgspec.Struct, array_like=True):
+    start: datetime
+    revenue: int
+    orders: int
+    customers: list[str]
+    streams: dict[str, int]
+    products: dict[str, int]
+    categories: dict[str, int]
+    queries: dict[str, int]
+    returns: int
+
+
+class GlobalV1(msgspec.Struct, array_like=True):
+    versions: dict[str, int]
+    series: dict[str, list[dict[str, Any]]]
+    open: list[tuple[datetime, str, AccV1]]  # (end, "minute" or "five", window)
+    watermark: datetime | None
+    late: int
+    marks: list[tuple[str, int, float, bool]]  # (shard key, partition, watermark, idle)
+
+
+_SHARD = decoder(ShardV1)
+_GLOBAL = decoder(GlobalV1)
+
+
+def check(raw: bytes) -> None:
+    """Raise :class:`StateFormatError` (or :class:`DataError`) unless ``raw`` is a snapshot
+    this c360 resumes from; reads the header only."""
+    kind = bytes(memoryview(raw)[len(MAGIC):len(MAGIC) + 1])
+    if kind == GLOBAL:
+        payload(raw, GLOBAL, GLOBAL_FORMAT, ADVICE)
+    else:
+        payload(raw, SHARD, SHARD_FORMAT, ADVICE)
+
+
+# -- shards ---------------------------------------------------------------------------------
+
+def encode_shard(kind: str | None, shard: Shard) -> bytes:
+    """A shard's snapshot: its data, not its hooks or lateness."""
+    entities = {eid: _entity_out(st) for eid, st in shard.entities.items()}
+    return header(SHARD, SHARD_FORMAT) + ENCODER.encode(ShardV1(
+        kind, entities, shard.latest, shard.marks, shard._due, shard._clocks, shard.ended))
+
+
+def decode_shard(raw: bytes, hooks: EntityHooks | None, allowed_lateness: timedelta
+                 ) -> tuple[str | None, Shard]:
+    """The kind and shard of a snapshot, folding with ``hooks`` and ``allowed_lateness``
+    (the settings given now); :class:`StateFormatError` when it is of another format."""
+    s: ShardV1 = decode(payload(raw, SHARD, SHARD_FORMAT, ADVICE), _SHARD, SHARD, ADVICE)
+    shard = Shard(hooks, allowed_lateness)
+    shard.entities = {eid: _entity_in(e) for eid, e in s.entities.items()}
+    shard.latest = s.latest
+    shard.marks, shard._due, shard._clocks, shard.ended = s.marks, s.due, s.clocks, s.ended
+    return s.kind, shard
+
+
+def _entity_out(st: EntityState) -> EntityV1:
+    w = st.windows
+    return EntityV1(plain(st.fields), st.version, st.seen, st.orders, st.review_sum,
+                    st.cart_marks, None if w is None else WindowsV1(
+                        w.now, w.day, w.daily, w.scores, w.refs, w.at, w.quiet, w.swept, w.due),
+                    st.fired)
+
+
+def _entity_in(e: EntityV1) -> EntityState:
+    st = EntityState()
+    st.fields, st.version, st.seen, st.orders = e.fields, e.version, e.seen, e.orders
+    st.review_sum, st.cart_marks, st.fired = e.review_sum, e.cart_marks, e.fired
+    if e.windows is not None:
+        v = e.windows
+        w = st.windows = Windows()
+        w.now, w.day, w.daily, w.scores, w.refs = v.now, v.day, v.daily, v.scores, v.refs
+        w.at, w.quiet, w.swept, w.due = v.at, v.quiet, v.swept, v.due
+    return st
+
+
+# -- the global windows -----------------------------------------------------------------------
+
+def encode_global(g: GlobalWindows) -> bytes:
+    """The global windows' snapshot: open windows, watermarks and the global entities."""
+    open_ = [(end, key, AccV1(a.start, a.revenue, a.orders, sorted(a.customers),
+                              dict(a.streams), dict(a.products), dict(a.categories),
+                              dict(a.queries), a.returns))
+             for (end, key), a in g.open.items()]
+    marks = [(shard, part, mark, idle) for (shard, part), (mark, idle) in g.marks.items()]
+    return header(GLOBAL, GLOBAL_FORMAT) + ENCODER.encode(GlobalV1(
+        g.entities.versions, g.entities.series, open_, g.watermark, g.late, marks))
+
+
+def decode_global(raw: bytes, shard_keys: int) -> GlobalWindows:
+    s: GlobalV1 = decode(payload(raw, GLOBAL, GLOBAL_FORMAT, ADVICE), _GLOBAL, GLOBAL, ADVICE)
+    g = GlobalWindows(shard_keys)
+    entities = GlobalEntities()
+    entities.versions, entities.series = s.versions, s.series
+    g.entities = entities
+    for end, key, a in s.open:
+        acc = Acc(a.start)
+        acc.revenue, acc.orders, acc.returns = a.revenue, a.orders, a.returns
+        acc.customers = set(a.customers)
+        acc.streams, acc.products = Counter(a.streams), Counter(a.products)
+        acc.categories, acc.queries = Counter(a.categories), Counter(a.queries)
+        g.open[(end, key)] = acc
+    g.watermark, g.late = s.watermark, s.late
+    g.marks = {(shard, part): (mark, idle) for shard, part, mark, idle in s.marks}
+    return g
