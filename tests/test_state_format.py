@@ -10,8 +10,11 @@ one line that says what to do.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import sqlite3
+import subprocess
+import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pytest
 from bytewax.recovery import init_db_dir
 from kafka import KafkaProducer
 
-from c360.config import Settings
+from c360.config import REPO_ROOT, Settings
 from c360.entity.derive import EntityHooks
 from c360.entity.logic import first_logic
 from c360.entity.shard import Routed, ShardBatch
@@ -311,3 +314,25 @@ def test_a_replica_stops_at_a_change_record_of_another_version(settings: Setting
     finally:
         with pytest.raises(StateFormatError):
             replica.stop()
+
+
+def test_c360_run_on_a_recovery_directory_of_another_format_exits_2_in_one_line(
+        settings: Settings, tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    recovery.prepare(rec, 1)
+    with contextlib.closing(sqlite3.connect(rec / "part-0.sqlite3")) as db:
+        db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+                   "VALUES ('customer360.fold.state', 'c0', 3, ?)",
+                   (pickle.dumps(_bumped(fixture("shard-v1.bin"), 3)),))
+        db.commit()
+    proc = subprocess.run(
+        [sys.executable, "-m", "c360", "run", "--recovery-dir", str(rec), "--until-idle", "3"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "C360_KAFKA_BOOTSTRAP": settings.bootstrap,
+             "C360_TOPIC_PREFIX": settings.topic_prefix})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"c360: error: recovery directory {rec}, step "
+                               "customer360.fold.state key c0: this recovery snapshot is "
+                               "format 3, this c360 reads format 1: start afresh"), lines[0]
