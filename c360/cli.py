@@ -2,7 +2,7 @@
 packages (``demo`` comes with the dashboards).
 
 Other packages add commands through the entry-point group ``c360.commands`` (see
-:class:`Command`): the library never imports the app, and a wheel without the dashboards
+:class:`PluginCommand`): the library never imports the app, and a wheel without the dashboards
 has no demo.
 
 Every argument and setting is checked before any work starts, and the Kafka cluster is
@@ -37,7 +37,7 @@ BENCH_SECTIONS = range(1, 7)
 
 
 # -- checks: each raises a one-line error before any work -----------------------------------
-# whole, seconds and PORT are argument types for plugin commands too (see Command).
+# whole, seconds and PORT are argument types for plugin commands too (see PluginCommand).
 def whole(minimum: int, maximum: int | None = None) -> Any:
     def parse(text: str) -> int:
         try:
@@ -371,7 +371,7 @@ BUILT_IN = ("broker", "simulate", "replay", "run", "bench")
 EXPECTED_PLUGINS = {"demo": "the dashboards"}
 
 
-class Command(Protocol):
+class PluginCommand(Protocol):
     """A ``c360`` command from another package: the object an entry point of the group
     ``c360.commands`` names, the entry point's name being the command's. For example, in
     pyproject.toml::
@@ -393,7 +393,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def plugin_commands() -> dict[str, Callable[[], Command]]:
+def plugin_commands() -> dict[str, Callable[[], PluginCommand]]:
     """The installed packages' commands by name, each loaded when called."""
     return {ep.name: ep.load for ep in entry_points(group=PLUGIN_GROUP)}
 
@@ -415,13 +415,13 @@ class _Unavailable:
         raise ConfigError(self._message)
 
 
-def _add_plugins(sub: Any, plugins: Mapping[str, Callable[[], Command]]) -> None:
+def _add_plugins(sub: Any, plugins: Mapping[str, Callable[[], PluginCommand]]) -> None:
     for name in sorted({*plugins, *EXPECTED_PLUGINS}):
         if name in BUILT_IN:  # the built-in stays
             logging.getLogger(__name__).warning("ignored the plugin command %r: c360 has "
                                                 "a command of that name", name)
             continue
-        command: Command
+        command: PluginCommand
         if name not in plugins:
             command = _Unavailable(name, f"it comes with {EXPECTED_PLUGINS[name]}, not "
                                          "installed here", "install c360 from a source "
@@ -464,7 +464,7 @@ cluster must answer within 5 s; whatever is wrong is one line on stderr, exit co
 EPILOG = "`c360 COMMAND --help` describes a command; the README lists the C360_* settings."
 
 
-def build_parser(plugins: Mapping[str, Callable[[], Command]] | None = None,
+def build_parser(plugins: Mapping[str, Callable[[], PluginCommand]] | None = None,
                  ) -> argparse.ArgumentParser:
     """The parser; ``plugins`` (default: :func:`plugin_commands`) adds their commands."""
     plugins = plugin_commands() if plugins is None else plugins
@@ -572,7 +572,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None,
-         plugins: Mapping[str, Callable[[], Command]] | None = None) -> int:
+         plugins: Mapping[str, Callable[[], PluginCommand]] | None = None) -> int:
     parser = build_parser(plugins)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "_any_arguments", False):

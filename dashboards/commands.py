@@ -2,7 +2,7 @@
 
 The library's CLI does not import the dashboards; it finds this command through the
 entry point ``demo`` of the group ``c360.commands`` (pyproject.toml; see
-:class:`c360.cli.Command`). Every ``c360`` invocation loads this module for its help, so it
+:class:`c360.cli.PluginCommand`). Every ``c360`` invocation loads this module for its help, so it
 imports only the CLI's argument types: the demo itself (Panel, the pipeline, the sync
 server: 2.1 s to import, measured) only when it runs.
 """

@@ -30,7 +30,7 @@ REDACTED = "[redacted]"
 IDENTITY = frozenset({"id", "kind"})  # always visible: they say which entity a message is about
 
 
-class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class InSegment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment: str
 
 
@@ -38,7 +38,7 @@ class Scope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What one token allows. ``entities``: "*", a list of ids, or {"segment": name}."""
 
     name: str = ""
-    entities: Literal["*"] | list[str] | Segment = "*"
+    entities: Literal["*"] | list[str] | InSegment = "*"
     fields: Literal["*"] | list[str] = "*"
     pii: bool = False
     commands: list[str] = []
@@ -50,7 +50,7 @@ class Scope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def segment(self) -> str | None:
-        return self.entities.segment if isinstance(self.entities, Segment) else None
+        return self.entities.segment if isinstance(self.entities, InSegment) else None
 
     def expired(self, now: datetime | None = None) -> bool:
         return (self.expires_at is not None
@@ -60,7 +60,7 @@ class Scope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Whether the entity is in scope; a segment scope needs the entity's current state."""
         if self.entities == "*":
             return True
-        if isinstance(self.entities, Segment):
+        if isinstance(self.entities, InSegment):
             return entity is not None and self.entities.segment in (entity.get("segments") or ())
         return entity_id in self.entities
 

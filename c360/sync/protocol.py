@@ -44,20 +44,20 @@ class Unsync(msgspec.Struct, tag="unsync", tag_field="type", forbid_unknown_fiel
     id: RequestId = None
 
 
-class Lifecycle(msgspec.Struct, tag="lifecycle", tag_field="type", forbid_unknown_fields=True):
+class WatchLifecycle(msgspec.Struct, tag="lifecycle", tag_field="type", forbid_unknown_fields=True):
     types: list[str] | None = None  # None: every lifecycle type
     entities: list[str] | None = None  # None: every entity the token may see
     id: RequestId = None
 
 
-class Command(msgspec.Struct, tag="command", tag_field="type", forbid_unknown_fields=True):
+class SendCommand(msgspec.Struct, tag="command", tag_field="type", forbid_unknown_fields=True):
     entity: str
     name: str
     args: dict[str, Any] = {}
     id: RequestId = None
 
 
-ClientMessage = Auth | Sync | Resume | Unsync | Lifecycle | Command
+ClientMessage = Auth | Sync | Resume | Unsync | WatchLifecycle | SendCommand
 _DECODER = msgspec.json.Decoder(ClientMessage)
 _ENCODER = msgspec.json.Encoder()
 

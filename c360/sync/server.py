@@ -724,7 +724,7 @@ class SyncServer:
             self._on_resume(conn, scope, m)
         elif isinstance(m, p.Unsync):
             self._on_unsync(conn, m)
-        elif isinstance(m, p.Lifecycle):
+        elif isinstance(m, p.WatchLifecycle):
             self._on_lifecycle(conn, m)
         else:
             self._on_command(conn, scope, m)
@@ -832,7 +832,7 @@ class SyncServer:
             conn.forget(m.entity)
         conn.reply(p.unsynced(m.entity, "requested", m.id))
 
-    def _on_lifecycle(self, conn: _Connection, m: p.Lifecycle) -> None:
+    def _on_lifecycle(self, conn: _Connection, m: p.WatchLifecycle) -> None:
         types = frozenset(m.types) if m.types is not None else LIFECYCLE_TYPES
         unknown = types - LIFECYCLE_TYPES
         if unknown:
@@ -842,7 +842,7 @@ class SyncServer:
         self._lifecycles.add(conn)
         conn.reply({"type": "lifecycle_subscribed", "id": m.id, "types": sorted(types)})
 
-    def _on_command(self, conn: _Connection, scope: Scope, m: p.Command) -> None:
+    def _on_command(self, conn: _Connection, scope: Scope, m: p.SendCommand) -> None:
         if not scope.allows_command(m.name):
             raise Forbidden(f"command {m.name!r} is not allowed by your token", entity=m.entity)
         self._check_entity(scope, m.entity)
@@ -861,7 +861,7 @@ class SyncServer:
                                                 time.monotonic() + self.limits.ack_timeout)
         asyncio.ensure_future(self._produce(conn, m, event))
 
-    async def _produce(self, conn: _Connection, m: p.Command, event: CommandEvent) -> None:
+    async def _produce(self, conn: _Connection, m: p.SendCommand, event: CommandEvent) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._send_blocking, event)
