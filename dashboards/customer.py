@@ -24,8 +24,7 @@ import pandas as pd
 import panel as pn
 
 from c360.config import Settings
-from c360.errors import C360Error
-from c360.model.commands import CommandError
+from c360.errors import C360Error, CommandError, Forbidden, NotFound
 from c360.store.memory import EntityStore
 from c360.sync.auth import Scope
 from c360.sync.local import LocalReplica
@@ -339,9 +338,9 @@ class CustomerView(pn.viewable.Viewer):
         self._say(f"sending {name}…", "secondary")
         try:
             if not self.scope.allows_command(name):
-                raise CommandError(f"{name} is not allowed by your scope")
+                raise Forbidden(f"{name} is not allowed by your scope")
             if not self.customer_id or self.customer_id not in self.store:
-                raise CommandError("no customer is open")
+                raise NotFound("no customer is open")
             if self.settings is None:
                 raise C360Error("this server takes no commands (no Kafka)")
             args = self.command_args(name)
