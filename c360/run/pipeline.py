@@ -96,7 +96,7 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.source: KafkaBatchSource | None = None
-        # Snapshots cost a pickle of the state per epoch; only worth it with recovery on.
+        # Snapshots cost an encoding of the state per epoch; only worth it with recovery on.
         self.recoverable = recovery_dir is not None
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.snapshot_interval = snapshot_interval
