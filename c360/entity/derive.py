@@ -124,7 +124,7 @@ class EntityHooks:
         session's ids, not 64.
         """
         seen = state.seen
-        seen[event.event_id] = (where, event.event_time.timestamp())  # type: ignore[assignment]
+        seen[event.event_id] = (where, event.event_time.timestamp())
         if len(seen) > 12 or new_day:
             # Oldest first, stopping at the first id still needed: ids are kept in the order
             # they were applied, which is nearly event-time order, so this looks at the

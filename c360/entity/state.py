@@ -40,7 +40,10 @@ class EntityState:
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
         self.version = 0
-        self.seen: dict[str, None] = {}  # insertion-ordered set of recent event ids
+        # Insertion-ordered set of recent event ids; with an allowed lateness, each with its
+        # source partition and event time, to forget it once no duplicate can be applied
+        # (c360.entity.derive.EntityHooks._remember).
+        self.seen: dict[str, tuple[int, float] | None] = {}
         self.orders: dict[str, str] = {}  # order id -> status
         self.review_sum = 0
         # product id -> (time, ADDED or LEFT) of its latest cart action (add, remove, bought)

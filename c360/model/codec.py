@@ -86,9 +86,9 @@ def plain(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ext(value: date | tuple) -> msgspec.msgpack.Ext:
-    if type(value) is date:
-        return msgspec.msgpack.Ext(_DATE, value.toordinal().to_bytes(4, "big"))
-    return msgspec.msgpack.Ext(_TUPLE, ENCODER.encode(list(value)))
+    if isinstance(value, tuple):
+        return msgspec.msgpack.Ext(_TUPLE, ENCODER.encode(list(value)))
+    return msgspec.msgpack.Ext(_DATE, value.toordinal().to_bytes(4, "big"))
 
 
 def _ext_hook(code: int, data: memoryview) -> Any:

@@ -61,7 +61,7 @@ _HEADER = codec.header(codec.CHANGE, CHANGE_FORMAT)
 
 
 def encode_change(change: Delta | Lifecycle) -> bytes:
-    if type(change) is Delta:
+    if isinstance(change, Delta):
         rec = ChangeV1(DELTA, change.entity_id, change.kind, change.version, change.event_time,
                        change.stream, change.event_id, codec.plain(change.changes))
     else:
