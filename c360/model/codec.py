@@ -15,8 +15,8 @@ hold them: ``None``, ``bool``, ``int`` (64 bits), ``float``, ``str``, ``bytes``,
 ``dict``, ``datetime`` (timezone-aware; read back in UTC, the same instant) and, at the top
 level of a fields or changes map, ``date`` (``as_of_day``) and ``tuple``, which keep their
 type through MessagePack extensions. Deeper down, a ``date`` reads back as its ISO string
-and a tuple as a list: checking every nested value would cost the snapshot a walk over
-every entity's every field (that is, more than the pickle it replaces).
+and a tuple as a list: keeping them would take a Python walk over every field of every
+entity in each snapshot, where the top level costs one type test per field, in C.
 """
 
 from __future__ import annotations
@@ -69,12 +69,6 @@ def payload(raw: bytes | memoryview | None, kind: bytes, reads: int, advice: str
         raise StateFormatError(f"this {what} is format {version}, this c360 reads format "
                                f"{reads}: {advice}")
     return view[HEADER:]
-
-
-def version_of(raw: bytes | memoryview) -> int | None:
-    """The format version in a blob's header; None when it has no c360 header."""
-    head = bytes(memoryview(raw)[:HEADER])
-    return head[-1] if len(head) == HEADER and head.startswith(MAGIC) else None
 
 
 def plain(values: dict[str, Any]) -> dict[str, Any]:
