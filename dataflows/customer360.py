@@ -33,7 +33,7 @@ from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic, first_logic
 from c360.entity.rules import Decision
 from c360.entity.shard import Failed, ShardBatch
-from c360.model.delta import Delta
+from c360.model.delta import Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.store.memory import EntityStore
 from c360.topics.changes import change_records, changes_sink, new_run_id
@@ -60,7 +60,7 @@ Batch = TypeVar("Batch", Polled, list[Message])
 class FoldOut:
     """The fold's outputs by name (as bytewax's ``KafkaOpOut.oks/.errs``)."""
 
-    deltas: Stream[list[Delta]]
+    deltas: Stream[list[Delta | Lifecycle]]
     """Field changes and lifecycle notes: one batch per shard per poll, in version order."""
     failures: Stream[Failed]
     """Events the fold refused (an unknown command, a bad field): dead letters."""
@@ -110,7 +110,7 @@ def global_analytics(step_id: str, partials: Stream[tuple[str, Any]],
 
 def build_flow(
     source: Source[Batch],
-    store_sink: Sink[list[Delta]],
+    store_sink: Sink[list[Delta | Lifecycle]],
     dlq_sink: Sink[KafkaSinkMessage],
     *,
     late_sink: Sink[KafkaSinkMessage] | None = None,

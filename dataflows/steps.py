@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
@@ -27,7 +27,7 @@ from c360.entity.logic import Logic
 from c360.entity.rules import Decision
 from c360.entity.shard import Failed, Routed, Shard, ShardBatch, shard_of
 from c360.errors import InvalidEvent
-from c360.model.delta import Delta
+from c360.model.delta import Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.store.memory import EntityStore
 from c360.store.replica import Materializer
@@ -88,14 +88,15 @@ def make_decoder(
             if t_read > clock:
                 clock = t_read
             raw = m.value()
+            topic = m.topic() or ""  # None only on some consumer errors
             try:
                 if m.error() is not None:
                     raise InvalidEvent(f"consumer error: {m.error()}")
                 if raw is not None and len(raw) > max_bytes:
                     raise InvalidEvent(f"payload too large: {len(raw)} bytes > {max_bytes}")
-                stream, event = decode(m.topic(), raw)
+                stream, event = decode(topic, raw)
             except InvalidEvent as exc:
-                failed.append(Failed(exc.reason, m.topic() or "", m.partition() or 0,
+                failed.append(Failed(exc.reason, topic, m.partition() or 0,
                                      m.offset() or 0, m.key(), raw))
                 continue
             if check and stream.name != commands:
@@ -106,14 +107,14 @@ def make_decoder(
                         f"too late: event time {t.isoformat()} is {mark + lateness - ts:.0f}"
                         f" s behind the latest event time of source partition {part} "
                         f"({_iso(mark + lateness)}); allowed lateness is {lateness:.0f} s",
-                        m.topic() or "", m.partition() or 0,
+                        topic, m.partition() or 0,
                         m.offset() or 0, m.key(), raw))
                     continue
             kind = stream.entity_kind
             entity_id = getattr(event, stream.key_field)
             key = shard_of(kind, entity_id, shards)
             routed = Routed(stream.name, kind, entity_id, event,
-                            (m.topic(), m.partition(), m.offset()), mark)
+                            (topic, m.partition() or 0, m.offset() or 0), mark)
             bucket = by_shard.get(key)
             if bucket is None:
                 by_shard[key] = ShardBatch(key, part, parts, [routed], NO_TIME)
@@ -141,13 +142,13 @@ def _iso(ts: float) -> str:
 class Folded(NamedTuple):
     """What folding one shard batch gave, by name (the graph splits it into four streams)."""
 
-    deltas: list[Delta]  # field changes and lifecycle notes, in version order
+    deltas: list[Delta | Lifecycle]  # field changes and lifecycle notes, in version order
     failed: list[Failed]  # events the fold refused: to the dead-letter topic
     decisions: list[Decision]  # what the rules decided: to the decisions topic
     partials: list[tuple[str, Any]]  # pre-aggregates and watermarks for the global windows
 
 
-class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes]):
+class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes | None]):
     """Bytewax state of one shard: folds every batch routed to it in one call.
 
     Resumed from a recovery snapshot, it first emits every entity's whole state at the
@@ -187,10 +188,13 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes]):
             return []
         self._reset_due = False
         shard, kind = self.shard, self.kind
+        if kind is None:  # never: a reset is due only after a snapshot with a kind
+            return []
         at = shard.latest or datetime.now(timezone.utc)
-        deltas = [Delta(eid, kind, state.version, at, RESET_STREAM, f"{RESET_STREAM}:"
-                        f"{state.version}", dict(state.fields))
-                  for eid, state in shard.entities.items() if state.version > 0]
+        deltas: list[Delta | Lifecycle] = [
+            Delta(eid, kind, state.version, at, RESET_STREAM, f"{RESET_STREAM}:{state.version}",
+                  dict(state.fields))
+            for eid, state in shard.entities.items() if state.version > 0]
         return [Folded(deltas, [], [], [])] if deltas else []
 
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[Folded], bool]:
@@ -216,7 +220,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes]):
         deltas = self.shard.finish()
         return ([Folded(deltas, [], [], [])] if deltas else []), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes | None:  # type: ignore[override]
+    def snapshot(self) -> bytes | None:
         # Encoded now, so later folds cannot change what recovery stores; the versioned
         # format of c360.entity.codec (data, no settings, no module paths).
         if not self.recoverable:
@@ -264,16 +268,20 @@ class GlobalWindowsLogic(StatefulBatchLogic[tuple[str, Any], list[Delta], bytes]
         return codec.encode_global(self.windows)
 
 
-class _StorePartition(StatelessSinkPartition[list[Delta]]):
-    def __init__(self, store: EntityStore | Materializer) -> None:
+class _Applies(Protocol):
+    def apply(self, changes: list[Delta | Lifecycle], /) -> None: ...
+
+
+class _StorePartition(StatelessSinkPartition[list[Delta | Lifecycle]]):
+    def __init__(self, store: _Applies) -> None:
         self._store = store
 
-    def write_batch(self, items: list[list[Delta]]) -> None:
+    def write_batch(self, items: list[list[Delta | Lifecycle]]) -> None:
         for deltas in items:
             self._store.apply(deltas)
 
 
-class StoreSink(DynamicSink[list[Delta]]):
+class StoreSink(DynamicSink[list[Delta | Lifecycle]]):
     """Writes batches of deltas into an :class:`EntityStore` (every worker into the same one).
 
     With ``recovering``, through a :class:`~c360.store.replica.Materializer`: a resumed dataflow
@@ -287,7 +295,7 @@ class StoreSink(DynamicSink[list[Delta]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
         if isinstance(self._into, Materializer):
-            return _StorePartition(_Locked(self._into, self._lock))  # type: ignore[arg-type]
+            return _StorePartition(_Locked(self._into, self._lock))
         return _StorePartition(self._into)
 
 
@@ -297,6 +305,6 @@ class _Locked:
     def __init__(self, into: Materializer, lock: threading.Lock) -> None:
         self._into, self._lock = into, lock
 
-    def apply(self, deltas: list[Delta]) -> None:
+    def apply(self, deltas: list[Delta | Lifecycle]) -> None:
         with self._lock:
             self._into.apply(deltas)

@@ -39,6 +39,7 @@ class Changed(dict):
     """The changes of this event, with ``before``: the values they replaced."""
 
     __slots__ = ("before",)
+    before: dict[str, Any]
 
 
 @dataclass
@@ -129,7 +130,7 @@ class EntityHooks:
             # Oldest first, stopping at the first id still needed: ids are kept in the order
             # they were applied, which is nearly event-time order, so this looks at the
             # expired ones and one more. (An id out of order is kept a little longer.)
-            expired = []
+            expired: list[str] = []
             for k, v in seen.items():
                 if v is not None and v[1] >= marks.get(v[0], -math.inf):
                     break
@@ -149,7 +150,7 @@ class EntityHooks:
         always, triggered = self.rule_book.for_stream(stream)
         run = always
         if triggered:
-            more = [r for r in triggered if not r.when.isdisjoint(changes)]  # type: ignore
+            more = [r for r in triggered if r.when is not None and not r.when.isdisjoint(changes)]
             if more:
                 run = [*always, *more]
         for r in run:

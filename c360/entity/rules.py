@@ -390,7 +390,9 @@ def near_store_with_viewed_item(c: Fields, changes: Fields, event: ev.Event, *,
 @_builtin("event_nearby", cooldown=timedelta(days=1), marketing=True,
           streams={"physical_events"})
 def event_nearby(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
-    e: ev.PhysicalEvent = event  # type: ignore[assignment]
+    if not isinstance(event, ev.PhysicalEvent):  # its one stream's schema
+        return None
+    e = event
     interests = set((c.get("psychographics") or {}).get("interests", ()))
     matching = EVENT_INTERESTS.get(e.kind, frozenset()) & interests
     if e.distance_km <= 5 and matching:
@@ -448,7 +450,9 @@ def service_escalation(c: Fields, changes: Fields, event: ev.Event) -> Decision 
 
 @_builtin("payment_anomaly", cooldown=timedelta(hours=1), streams={"payments"})
 def payment_anomaly(c: Fields, changes: Fields, event: ev.Event) -> Decision | None:
-    p: ev.Payment = event  # type: ignore[assignment]
+    if not isinstance(event, ev.Payment):  # its one stream's schema
+        return None
+    p = event
     n = c.get("payment_count", 0)
     if n < 4:
         return None

@@ -220,14 +220,14 @@ class Shard:
             due, entity_id = heapq.heappop(heap)
             state = entities.get(entity_id)
             w = state.windows if state is not None else None
-            if w is None or w.due != due:
+            if state is None or w is None or w.due != due:
                 continue  # a stale entry
             nxt = next_due(w, state.fields)
             if nxt is not None and nxt > due:  # it had events since: later
                 w.due = nxt
                 heapq.heappush(heap, (nxt, entity_id))
                 continue
-            self._age_one(entity_id, state, due, deltas)  # type: ignore[arg-type]
+            self._age_one(entity_id, state, due, deltas)
             nxt = next_due(w, state.fields)
             w.due = nxt
             if nxt is not None:

@@ -228,12 +228,13 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
         w.quiet = False
         if day > w.day:
             _advance(w, day, fields, out, notes)
-    if stream == "payments":
-        _add(w, "spend", day, round(event.amount * 100), fields, out)  # type: ignore[attr-defined]
-    elif stream == "orders":
+    # Each stream has one schema: the isinstance checks only tell the type checker so.
+    if stream == "payments" and isinstance(event, ev.Payment):
+        _add(w, "spend", day, round(event.amount * 100), fields, out)
+    elif stream == "orders" and isinstance(event, ev.Order):
         if "order_count" in changes:  # a new order, not a status update
             _add(w, "orders", day, 1, fields, out)
-            for line in event.lines:  # type: ignore[attr-defined]
+            for line in event.lines:
                 if line.category:
                     _score(w, "category_affinity", line.category, 3.0 * line.quantity, ts, out)
                 if line.brand:
@@ -241,21 +242,20 @@ def observe(w: Windows, stream: str, event: ev.Event, changes: dict[str, Any],
     elif stream == "returns":
         if "return_count" in changes:
             _add(w, "returns", day, 1, fields, out)
-    elif stream == "search":
-        e: ev.Search = event  # type: ignore[assignment]
-        if e.event_type == "view":
-            if e.category:
-                _score(w, "category_affinity", e.category, 1.0, ts, out)
-            if e.brand:
-                _score(w, "brand_affinity", e.brand, 1.0, ts, out)
-    elif stream == "social":
+    elif stream == "search" and isinstance(event, ev.Search):
+        if event.event_type == "view":
+            if event.category:
+                _score(w, "category_affinity", event.category, 1.0, ts, out)
+            if event.brand:
+                _score(w, "brand_affinity", event.brand, 1.0, ts, out)
+    elif stream == "social" and isinstance(event, ev.Social):
         # A decayed mean: decayed sum of sentiment over decayed count.
-        _score(w, "social_sentiment", "sum", event.sentiment, ts, None)  # type: ignore[attr-defined]
+        _score(w, "social_sentiment", "sum", event.sentiment, ts, None)
         _score(w, "social_sentiment", "n", 1.0, ts, None)
         out["social_sentiment"] = _sentiment(w)
-    elif stream == "location":
-        item = {"latitude": event.latitude, "longitude": event.longitude,  # type: ignore
-                "city": event.city, "at": t}  # type: ignore[attr-defined]
+    elif stream == "location" and isinstance(event, ev.Location):
+        item = {"latitude": event.latitude, "longitude": event.longitude,
+                "city": event.city, "at": t}
         out["recent_locations"] = _insert_by_time(fields.get("recent_locations"), item,
                                                   LIMITS["recent_locations"])
     if w.day >= 0:
@@ -351,8 +351,8 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
     for r in RECENT:  # recent detail also has an age limit: bounded in time, not only count
         items = fields.get(r.field)
         if items:
-            oldest = start_of_day - r.max_age
-            kept = [i for i in items if i[r.time_key] >= oldest]
+            since = start_of_day - r.max_age
+            kept = [i for i in items if i[r.time_key] >= since]
             if len(kept) != len(items):
                 out[r.field] = kept
     oldest = today - ROLLED_UP.daily_days
@@ -374,13 +374,14 @@ def _advance(w: Windows, today: int, fields: dict[str, Any], out: dict[str, Any]
     current = fields.get(ROLLED_UP.field)
     if months is None and current and min(current) < first_kept:
         months = _months(out, fields)
-    gone = sorted(m for m in months or () if m < first_kept)
-    for m in gone:
-        del months[m]  # type: ignore[union-attr]
-    if gone:
-        notes.append(("forgotten", {"field": ROLLED_UP.field, "months": gone}))
-    if rolled or gone:
-        out[ROLLED_UP.field] = _published_months(months)  # type: ignore[arg-type]
+    if months is not None:  # None: nothing rolled up and nothing to forget
+        gone = sorted(m for m in months if m < first_kept)
+        for m in gone:
+            del months[m]
+        if gone:
+            notes.append(("forgotten", {"field": ROLLED_UP.field, "months": gone}))
+        if rolled or gone:
+            out[ROLLED_UP.field] = _published_months(months)
     if rolled:
         notes.append(("rolled_up", {"field": ROLLED_UP.field, "days": rolled}))
     for measure in _MEASURES:

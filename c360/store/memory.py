@@ -37,15 +37,16 @@ class Subscription:
     """Deltas for some entities (or all) and some fields (or all), delivered in order."""
 
     def __init__(self, store: EntityStore, ids: frozenset[str] | None,
-                 fields: frozenset[str] | None, callback: Callback, max_pending: int,
-                 lifecycle: frozenset[str] | None = None) -> None:
+                 fields: frozenset[str] | None, callback: Callback | LifecycleCallback,
+                 max_pending: int, lifecycle: frozenset[str] | None = None) -> None:
         self.ids = ids
         self.fields = fields
         self.lifecycle = lifecycle  # lifecycle types wanted; None: deltas, not lifecycle
-        self._callback = callback
+        # Any: deltas and a Callback, or with ``lifecycle`` Lifecycles and a LifecycleCallback.
+        self._callback: Callable[[Any], None] = callback
         self._store = store
         self._max_pending = max_pending
-        self._pending: list[Delta] = []
+        self._pending: list[Any] = []
         self._cond = threading.Condition()
         self._closed = False
         self.delivered = 0
@@ -69,9 +70,10 @@ class Subscription:
             if ids is not None and d.entity_id not in ids:
                 continue
             if fields is not None:
-                d = d.only(fields)
-                if d is None:
+                part = d.only(fields)
+                if part is None:
                     continue
+                d = part
             picked.append(d)
         if not picked:
             return
@@ -140,7 +142,7 @@ class EntityStore:
             entities = self._entities
             counts = self.events_by_stream
             for d in deltas:
-                if type(d) is Lifecycle:
+                if not isinstance(d, Delta):  # a Lifecycle (an exact type test: as fast)
                     events.append(d)
                     self.lifecycle_counts[d.type] += 1
                     continue
@@ -241,8 +243,7 @@ class EntityStore:
             raise C360Error(f"unknown lifecycle types {sorted(unknown)}; "
                             f"known: {sorted(LIFECYCLE_TYPES)}")
         idset = frozenset([ids] if isinstance(ids, str) else ids) if ids is not None else None
-        sub = Subscription(self, idset, None, callback, self._max_pending,  # type: ignore[arg-type]
-                           lifecycle=wanted)
+        sub = Subscription(self, idset, None, callback, self._max_pending, lifecycle=wanted)
         with self._lock:
             self._subs.append(sub)
         return sub

@@ -201,7 +201,8 @@ class Replica(Copies):
                 with self._lock:
                     self.entities.pop(m["entity"], None)
                     self.versions.pop(m["entity"], None)
-            future = self._replies.get(m.get("id"))  # type: ignore[arg-type]
+            rid = m.get("id")
+            future = self._replies.get(rid) if rid is not None else None
             if future is not None and not future.done():
                 future.set_result(m)
             elif kind == "error":

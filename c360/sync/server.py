@@ -600,10 +600,10 @@ class SyncServer:
             batch, self._inbox = self._inbox, []
             self._scheduled = False
         for item in batch:
-            if type(item) is Lifecycle:
-                self._event(item)
+            if isinstance(item, Delta):
+                self._deliver(item)
             else:
-                self._deliver(item)  # type: ignore[arg-type]
+                self._event(item)
 
     def _event(self, e: Lifecycle) -> None:
         # A rule_fired event does not say which fields the rule read; its decision, which
