@@ -35,6 +35,7 @@ s3rver: setup
 
 test: setup browser s3rver
 	$(BIN)/ruff check c360 dataflows dashboards tests benchmarks notebooks/builders
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -ra --durations=15 --nbval-lax tests notebooks
 
 # JupyterLab refuses to start as root (as in many containers) unless told it may.
@@ -49,4 +50,4 @@ lock:
 	{ sed -n 1,2p constraints.txt; /tmp/c360-lock/bin/pip freeze --exclude-editable; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache
