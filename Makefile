@@ -36,7 +36,9 @@ s3rver: setup
 test: setup browser s3rver
 	$(BIN)/ruff check c360 dataflows dashboards tests benchmarks notebooks/builders
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -ra --durations=15 --nbval-lax tests notebooks
+	# Two workers, each file on one (module fixtures, a notebook's kernel): most tests wait
+	# on a broker, a browser or an idle timeout, not on a core.
+	$(BIN)/python -m pytest -ra --durations=15 -n 2 --dist loadfile --nbval-lax tests notebooks
 
 # JupyterLab refuses to start as root (as in many containers) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
