@@ -110,21 +110,23 @@ def test_two_pipelines_in_one_process_keep_their_own_rules_stock_and_segments() 
     assert "big_basket" not in two.rules and "wishful" not in two.segments
 
 
-def test_the_books_are_not_pickled_with_the_shard_state() -> None:
-    """A snapshot holds settings and entities, never rules (code) or the product index."""
-    import pickle
+def test_the_books_are_not_in_the_shard_snapshot() -> None:
+    """A snapshot holds entities, never rules (code), settings or the product index; the
+    resumed shard folds with the books of the pipeline that resumes it."""
+    from c360.entity.codec import decode_shard, encode_shard
 
     pipeline = Pipeline(Settings())
     pipeline.rule("big_basket", streams={"orders"})(big_basket)
     folded = _Folded(pipeline)
     folded.feed(_signup(0) + [RESTOCK])
+    fresh = Pipeline(Settings())
     for shard in folded.shards.values():
-        data = pickle.dumps(shard)
+        data = encode_shard("customer", shard)
         assert b"big_basket" not in data and b"RuleBook" not in data
         assert b"SegmentBook" not in data and b"ProductIndex" not in data
-        again = pickle.loads(data)
-        assert again.hooks.sweep_per_batch == 64
-        assert "big_basket" not in again.hooks.rule_book  # the resumed pipeline gives its own
+        _, again = decode_shard(data, fresh.hooks, timedelta(hours=1))
+        assert again.entities.keys() == shard.entities.keys()
+        assert "big_basket" not in again.hooks.rule_book  # the resuming pipeline's books
 
 
 def _produce(settings: Settings, events: list[tuple[str, ev.Event]]) -> None:

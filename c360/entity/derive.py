@@ -30,7 +30,6 @@ from c360.entity.segments import SegmentBook
 from c360.entity.state import EntityState
 from c360.model.events import Event
 
-_NOT_PICKLED = frozenset({"rule_book", "segment_book"})
 FIRED_MAX = 32  # decision keys remembered per customer for cool-downs
 DECISIONS_MAX = win.LIMITS["decisions"]
 
@@ -58,17 +57,6 @@ class EntityHooks:
     # fresh per hooks, unless given. A Pipeline gives its own (Pipeline.rules, .segments).
     rule_book: RuleBook = field(default_factory=RuleBook.builtin)
     segment_book: SegmentBook = field(default_factory=SegmentBook.builtin)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Settings only: the books are functions and a product index that only this
-        # process's product entities fill (and snapshots of older releases have neither).
-        return {k: v for k, v in self.__dict__.items()
-                if k not in _NOT_PICKLED and not k.startswith("_")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({k: v for k, v in state.items() if not k.startswith("_")})
-        self.rule_book = RuleBook.builtin()
-        self.segment_book = SegmentBook.builtin()
 
     def on_product_event(self, product_id: str, fields: dict[str, Any],
                          changes: dict[str, Any], event: Event) -> None:
