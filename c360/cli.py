@@ -241,10 +241,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_harness() -> Any:
+def bench_harness() -> Any:
     """The benchmark harness's runner. It lives in the source checkout's ``benchmarks/``,
     not in the wheel (it drives peers and the dashboards, which the library never imports),
-    so it is looked up beside the installed package at run time."""
+    so it is looked up beside the installed package at run time (and put on ``sys.path``:
+    notebook 06 imports it this way)."""
     import importlib
 
     checkout = Path(__file__).resolve().parents[1]
@@ -261,7 +262,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = _writable(Path(args.out), "the bench result")
     plots = _writable_dir(Path(args.plots), "the plots") if args.plots else None
 
-    run_bench = _bench_harness().run_bench
+    run_bench = bench_harness().run_bench
     result = run_bench(quick=args.quick, out=out, sections=args.sections,
                        peers=not args.no_peers, flink=args.flink, plots=plots,
                        progress=not args.quiet)

@@ -30,9 +30,12 @@ import holoviews as hv
 import pandas as pd
 import psutil
 
-from benchmarks.harness.runner import SECTIONS, run_bench
-from benchmarks.harness.s3_streams import COUNTS
+from c360.cli import bench_harness
 from c360.dev.notebook import offline
+
+runner = bench_harness()  # benchmarks/harness of the source checkout: it is not in the wheel
+SECTIONS, run_bench = runner.SECTIONS, runner.run_bench
+COUNTS = runner.s3_streams.COUNTS
 
 offline()  # BokehJS, Panel's JS and CSS from the kernel, not a CDN: plots draw offline
 {number: name for number, (name, _) in SECTIONS.items()}  # every section of `c360 bench`"""),
