@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 from bytewax.connectors.kafka import KafkaSinkMessage
 
-from c360.config import Settings
+from c360.config import Settings, producer_config
 from c360.errors import DataError
 from c360.model import codec
 from c360.model.delta import Delta, Lifecycle
@@ -100,16 +100,11 @@ def change_records(run_id: str):  # noqa: ANN201 - a closure for op.flat_map
 
 
 def changes_sink(settings: Settings, topic: str) -> KafkaSink:
-    # murmur2_random: the partitioner kafka-python uses, so a customer's changes land in the
-    # partition index its events have.
+    # bytewax's sink produces a whole batch, then flushes; a resumed run's resets (one
+    # record per entity) come as one batch, and at 62,000 entities plus the replay
+    # overflowed the default 100,000-message queue (BufferError).
     return KafkaSink(settings.require_bootstrap().split(","), topic,
-                     add_config={**settings.security.librdkafka(),
-                                 "message.max.bytes": "20000000",
-                                 "partitioner": "murmur2_random",
-                                 "linger.ms": "5",
-                                 # bytewax's sink produces a whole batch, then flushes; a
-                                 # resumed run's resets (one record per entity) come as one
-                                 # batch, and at 62,000 entities plus the replay overflowed
-                                 # the default 100,000-message queue (BufferError).
-                                 "queue.buffering.max.messages": "10000000",
-                                 "queue.buffering.max.kbytes": "4194304"})
+                     add_config=producer_config(settings, message_max_bytes=20_000_000,
+                                                linger_ms=5,
+                                                queue_buffering_max_messages=10_000_000,
+                                                queue_buffering_max_kbytes=4_194_304))
