@@ -14,7 +14,7 @@ from c360.config import Settings
 from c360.model import events as ev
 from c360.model.events import Catalogue, encode
 from c360.store.memory import EntityStore
-from dataflows.customer360 import build_flow
+from dataflows.graph import build_flow
 from dataflows.steps import StoreSink
 
 CAT = Catalogue("c360.")

@@ -11,7 +11,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 
 from c360.store.memory import EntityStore
-from dataflows.customer360 import build_flow
+from dataflows.graph import build_flow
 from dataflows.steps import StoreSink
 from tests.factories import CAT, batches, by_id, message, mixed_events, raw_message, run
 

@@ -32,7 +32,7 @@ from c360.store.memory import EntityStore
 from c360.topics.admin import create_topics
 from c360.topics.changes import new_run_id
 from c360.topics.source import KafkaBatchSource
-from dataflows.customer360 import kafka_flow
+from dataflows.graph import kafka_flow
 
 log = logging.getLogger(__name__)
 
