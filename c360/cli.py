@@ -197,6 +197,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from c360.model.events import Catalogue
 
     settings = Settings.from_env()
+    model = None
+    if args.model:
+        from c360.models import load
+
+        model = load(args.model)  # checked before anything connects
     changes = args.changes
     if changes == "":  # --changes without a topic: the catalogue's
         changes = Catalogue(settings.topic_prefix).changes_topic
@@ -221,7 +226,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(settings, store, workers=args.workers, idle_timeout=args.until_idle,
                         recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
                         changes_topic=changes, hooks=hooks, addresses=addresses,
-                        process_id=args.process_id)
+                        process_id=args.process_id, model=model)
     progress = _Progress(pipeline, store, args.until_idle, args.progress)
     progress.start()
     try:
@@ -531,6 +536,9 @@ def build_parser(plugins: Mapping[str, Callable[[], PluginCommand]] | None = Non
                    help="with --recovery-dir: seconds between snapshots (default 1)")
     u.add_argument("--changes", nargs="?", const="", default=None, metavar="TOPIC",
                    help="publish every entity change to TOPIC (default: PREFIX + 'changes')")
+    u.add_argument("--model", default=None, metavar="PKG.MODULE:NAME",
+                   help="the declared entity model to fold (default: the retail model, "
+                        "c360.models.retail:RETAIL)")
     u.add_argument("--no-sweep", action="store_true",
                    help="do not age quiet customers (no decay, roll-up or eviction without "
                         "an event of theirs; the export is then not as of the end of the data)")

@@ -4,7 +4,8 @@
 
     C360Error                 base class; never raised for a bug of c360 itself
     ├── ConfigError           a setting, option or tokens file is wrong: fix the named value
-    │   └── RecoveryMismatch  the recovery directory is of re-created topics: start afresh
+    │   ├── RecoveryMismatch  the recovery directory is of re-created topics: start afresh
+    │   └── ModelError        a declared entity model does not hold together: fix the named field
     ├── BrokerError           Kafka cannot be started, reached or used: start it, check the address
     ├── DataError             input data is missing or unusable: fetch or fix the named file
     │   └── StateFormatError  a snapshot or changes record of another state format: start afresh
@@ -53,6 +54,13 @@ class RecoveryMismatch(ConfigError):
     the message says how to start afresh (remove it, or use a new ``--recovery-dir``)."""
 
     code = "recovery_mismatch"
+
+
+class ModelError(ConfigError):
+    """A declared entity model (c360.model.declare) does not hold together; the message
+    names the field or stream and what to fix."""
+
+    code = "model_error"
 
 
 class BrokerError(C360Error):

@@ -21,6 +21,7 @@ ROOMS: list[tuple[str, ...]] = [
     ("c360.model",),  # stream schemas, commands, deltas
     ("c360.topics",),  # Kafka in and out, topic admin, the changes codec
     ("c360.entity",),  # the fold: state, windows, rules, segments, analytics
+    ("c360.models",),  # declared entity models: the retail one, the default
     ("c360.store",),  # the in-memory store and its replicas
     ("c360.sync",),  # the sync server and clients
     ("dataflows",),  # the graph and its bytewax steps
@@ -30,7 +31,7 @@ ROOMS: list[tuple[str, ...]] = [
     ("dashboards",),  # the views: the app, which the library never imports
     ("benchmarks",),
 ]
-ENGINE_FREE = ("c360.model", "c360.entity", "c360.store", "c360.sync")
+ENGINE_FREE = ("c360.model", "c360.entity", "c360.models", "c360.store", "c360.sync")
 OURS = ("c360", "dataflows", "dashboards", "benchmarks")
 
 

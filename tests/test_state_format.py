@@ -238,7 +238,8 @@ def test_snapshots_and_change_records_hold_no_class_or_module_name() -> None:
     blobs = [logic.snapshot() or b"", windows.snapshot(),
              *(encode_change(c) for c in changes())]
     for blob in blobs:
-        assert blob[:4] == b"C360" and blob[5] == 1
+        # Shards are in format 2 (declared folds' bookkeeping), the rest in format 1.
+        assert blob[:4] == b"C360" and blob[5] == (2 if blob[4:5] == b"S" else 1)
         for name in (b"c360.", b"EntityState", b"EntityHooks", b"Shard", b"Windows",
                      b"Delta", b"Lifecycle", b"datetime", b"builtins"):
             assert name not in blob, name
@@ -266,8 +267,8 @@ def test_the_snapshots_a_real_run_stores_hold_no_module_path(settings: Settings,
                 assert isinstance(snap, bytes) and snap[:4] == b"C360", step
                 assert b"c360." not in snap and b"EntityHooks" not in snap
                 kinds[snap[:6]] = kinds.get(snap[:6], 0) + 1
-    # Shards (customers and products) and the global windows, all in format 1.
-    assert set(kinds) == {b"C360S\x01", b"C360G\x01"} and kinds[b"C360S\x01"] > 2
+    # Shards (customers and products) in format 2, the global windows in format 1.
+    assert set(kinds) == {b"C360S\x02", b"C360G\x01"} and kinds[b"C360S\x02"] > 2
     recovery.check_snapshots(tmp_path / "rec")  # and the check at start accepts them
 
 
@@ -280,15 +281,15 @@ def _bumped(raw: bytes, version: int = 2) -> bytes:
 def test_a_snapshot_of_another_version_is_refused_in_one_line() -> None:
     hooks = EntityHooks()
     with pytest.raises(StateFormatError) as err:
-        ShardLogic(_bumped(fixture("shard-v1.bin")), first_logic, True, hooks, LATENESS)
+        ShardLogic(_bumped(fixture("shard-v1.bin"), 3), first_logic, True, hooks, LATENESS)
     msg = str(err.value)
     assert "\n" not in msg
-    assert "is format 2, this c360 reads format 1: start afresh with an empty recovery" in msg
+    assert "is format 3, this c360 reads format 1 or 2: start afresh with an empty " in msg
     with pytest.raises(StateFormatError, match="format 7, this c360 reads format 1"):
         GlobalWindowsLogic(_bumped(fixture("global-v1.bin"), 7), 1)
     # A pickle as the releases before the format wrote them.
     with pytest.raises(StateFormatError, match="unversioned pickle of an earlier c360; "
-                                               "this c360 reads recovery snapshot format 1"):
+                                               "this c360 reads recovery snapshot format 1 or 2"):
         ShardLogic(pickle.dumps(("customer", {})), first_logic, True, hooks, LATENESS)
     with pytest.raises(DataError, match="damaged recovery snapshot"):
         ShardLogic(fixture("shard-v1.bin")[:-40], first_logic, True, hooks, LATENESS)
@@ -373,4 +374,4 @@ def test_c360_run_on_a_recovery_directory_of_another_format_exits_2_in_one_line(
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith(f"c360: error: recovery directory {rec}, step "
                                "customer360.fold.state key c0: this recovery snapshot is "
-                               "format 3, this c360 reads format 1: start afresh"), lines[0]
+                               "format 3, this c360 reads format 1 or 2: start afresh"), lines[0]

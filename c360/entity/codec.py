@@ -29,7 +29,8 @@ from c360.entity.state import EntityState
 from c360.entity.windows import Windows
 from c360.model.codec import ENCODER, GLOBAL, MAGIC, SHARD, decode, decoder, header, payload, plain
 
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: each entity also holds its declared folds' bookkeeping (aux)
+SHARD_READS = (1, 2)  # format 1 resumes with no bookkeeping (no declared folds ran then)
 GLOBAL_FORMAT = 1
 ADVICE = ("start afresh with an empty recovery directory (a new --recovery-dir, or delete "
           "this one), or resume it with the c360 that wrote it")
@@ -58,12 +59,34 @@ class EntityV1(msgspec.Struct, array_like=True):
     fired: dict[str, float] | None
 
 
+class EntityV2(msgspec.Struct, array_like=True):
+    fields: dict[str, Any]
+    version: int
+    seen: dict[str, tuple[int, float] | None]
+    orders: dict[str, str]
+    review_sum: int
+    cart_marks: dict[str, tuple[datetime, int]]
+    windows: WindowsV1 | None
+    fired: dict[str, float] | None
+    aux: dict[str, Any] | None  # c360.entity.fold's bookkeeping: plain lists, maps, numbers
+
+
 class ShardV1(msgspec.Struct, array_like=True):
     kind: str | None  # "customer" or "product"; None before the shard's first event
     entities: dict[str, EntityV1]
     latest: datetime | None
     marks: dict[int, float]  # source partition -> watermark (epoch s)
     due: dict[int, list[tuple[float, str]]]  # source partition -> (deadline, id) heap
+    clocks: dict[int, float]
+    ended: dict[int, float]
+
+
+class ShardV2(msgspec.Struct, array_like=True):
+    kind: str | None
+    entities: dict[str, EntityV2]
+    latest: datetime | None
+    marks: dict[int, float]
+    due: dict[int, list[tuple[float, str]]]
     clocks: dict[int, float]
     ended: dict[int, float]
 
@@ -89,7 +112,7 @@ class GlobalV1(msgspec.Struct, array_like=True):
     marks: list[tuple[str, int, float, bool]]  # (shard key, partition, watermark, idle)
 
 
-_SHARD = decoder(ShardV1)
+_SHARDS = {1: decoder(ShardV1), 2: decoder(ShardV2)}
 _GLOBAL = decoder(GlobalV1)
 
 
@@ -100,7 +123,7 @@ def check(raw: bytes) -> None:
     if kind == GLOBAL:
         payload(raw, GLOBAL, GLOBAL_FORMAT, ADVICE)
     else:
-        payload(raw, SHARD, SHARD_FORMAT, ADVICE)
+        payload(raw, SHARD, SHARD_READS, ADVICE)
 
 
 # -- shards ---------------------------------------------------------------------------------
@@ -108,7 +131,7 @@ def check(raw: bytes) -> None:
 def encode_shard(kind: str | None, shard: Shard) -> bytes:
     """A shard's snapshot: its data, not its hooks or lateness."""
     entities = {eid: _entity_out(st) for eid, st in shard.entities.items()}
-    return header(SHARD, SHARD_FORMAT) + ENCODER.encode(ShardV1(
+    return header(SHARD, SHARD_FORMAT) + ENCODER.encode(ShardV2(
         kind, entities, shard.latest, shard.marks, shard._due, shard._clocks, shard.ended))
 
 
@@ -116,7 +139,8 @@ def decode_shard(raw: bytes, hooks: EntityHooks | None, allowed_lateness: timede
                  ) -> tuple[str | None, Shard]:
     """The kind and shard of a snapshot, folding with ``hooks`` and ``allowed_lateness``
     (the settings given now); :class:`StateFormatError` when it is of another format."""
-    s: ShardV1 = decode(payload(raw, SHARD, SHARD_FORMAT, ADVICE), _SHARD, SHARD, ADVICE)
+    body = payload(raw, SHARD, SHARD_READS, ADVICE)
+    s: ShardV1 | ShardV2 = decode(body, _SHARDS[raw[len(MAGIC) + 1]], SHARD, ADVICE)
     shard = Shard(hooks, allowed_lateness)
     shard.entities = {eid: _entity_in(e) for eid, e in s.entities.items()}
     shard.latest = s.latest
@@ -124,18 +148,20 @@ def decode_shard(raw: bytes, hooks: EntityHooks | None, allowed_lateness: timede
     return s.kind, shard
 
 
-def _entity_out(st: EntityState) -> EntityV1:
+def _entity_out(st: EntityState) -> EntityV2:
     w = st.windows
-    return EntityV1(plain(st.fields), st.version, st.seen, st.orders, st.review_sum,
+    return EntityV2(plain(st.fields), st.version, st.seen, st.orders, st.review_sum,
                     st.cart_marks, None if w is None else WindowsV1(
                         w.now, w.day, w.daily, w.scores, w.refs, w.at, w.quiet, w.swept, w.due),
-                    st.fired)
+                    st.fired, st.aux)
 
 
-def _entity_in(e: EntityV1) -> EntityState:
+def _entity_in(e: EntityV1 | EntityV2) -> EntityState:
     st = EntityState()
     st.fields, st.version, st.seen, st.orders = e.fields, e.version, e.seen, e.orders
     st.review_sum, st.cart_marks, st.fired = e.review_sum, e.cart_marks, e.fired
+    if isinstance(e, EntityV2):
+        st.aux = e.aux
     if e.windows is not None:
         v = e.windows
         w = st.windows = Windows()

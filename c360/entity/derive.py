@@ -18,6 +18,7 @@ pipeline gives its own).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from c360.entity import segments as segments_mod
 from c360.entity import windows as win
 from c360.entity.rules import RuleBook
 from c360.entity.segments import SegmentBook
-from c360.entity.state import EntityState
+from c360.entity.state import FOLDS, EntityState, Fold
 from c360.model.events import Event
 
 FIRED_MAX = 32  # decision keys remembered per customer for cool-downs
@@ -57,6 +58,9 @@ class EntityHooks:
     # fresh per hooks, unless given. A Pipeline gives its own (Pipeline.rules, .segments).
     rule_book: RuleBook = field(default_factory=RuleBook.builtin)
     segment_book: SegmentBook = field(default_factory=SegmentBook.builtin)
+    # The fold of each stream: the retail model's hand-written ones unless a pipeline gives
+    # its model's (c360.entity.fold.compile_folds). Code, like the books: never snapshotted.
+    folds: Mapping[str, Fold] = field(default_factory=lambda: FOLDS)
 
     def on_product_event(self, product_id: str, fields: dict[str, Any],
                          changes: dict[str, Any], event: Event) -> None:

@@ -121,6 +121,7 @@ class Shard:
         failed: list[Failed] = []
         entities = self.entities
         hooks = self.hooks
+        folds = FOLDS if hooks is None else hooks.folds
         aging = self.aging
         made: list[Decision] = [] if decisions is None else decisions
         latest = self.latest
@@ -154,7 +155,7 @@ class Shard:
                 # An event that changes nothing (a late reading, an item already in the cart)
                 # still counts: a version is one applied event, so versions do not depend on
                 # the order in which topics were read, and they prove nothing was lost.
-                changes = FOLDS[r.stream](state, event) or {}
+                changes = folds[r.stream](state, event) or {}
                 fields = state.fields
                 if hooks is not None:
                     before = {k: fields.get(k) for k in changes}

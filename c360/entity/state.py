@@ -35,7 +35,7 @@ class EntityState:
     """
 
     __slots__ = ("fields", "version", "seen", "orders", "review_sum", "cart_marks", "windows",
-                 "fired")
+                 "fired", "aux")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
@@ -50,6 +50,8 @@ class EntityState:
         self.cart_marks: dict[str, tuple[datetime, int]] = {}
         self.windows: Any = None  # c360.entity.windows.Windows, when windows of relevance are on
         self.fired: dict[str, float] | None = None  # decision key -> event time (cool-downs)
+        # The declared folds' bookkeeping (c360.entity.fold): field -> its buckets, times...
+        self.aux: dict[str, Any] | None = None
 
     def is_duplicate(self, event_id: str) -> bool:
         """Remember ``event_id``; True when it was already seen recently."""

@@ -46,13 +46,15 @@ def header(kind: bytes, version: int) -> bytes:
     return MAGIC + kind + bytes((version,))
 
 
-def payload(raw: bytes | memoryview | None, kind: bytes, reads: int, advice: str
-            ) -> memoryview:
+def payload(raw: bytes | memoryview | None, kind: bytes, reads: int | tuple[int, ...],
+            advice: str) -> memoryview:
     """The MessagePack after a blob's header, once the header says ``kind`` in format
     ``reads``. Another version, or a pickle of a c360 from before versions: a
     :class:`StateFormatError` saying which and ``advice``; not a c360 blob of ``kind`` at
     all: a :class:`DataError`."""
     what = _WHAT[kind]
+    versions = (reads,) if isinstance(reads, int) else reads
+    reads_text = " or ".join(map(str, versions))
     if not raw:
         raise DataError(f"an empty {what}: {advice}")
     view = memoryview(raw)
@@ -60,14 +62,14 @@ def payload(raw: bytes | memoryview | None, kind: bytes, reads: int, advice: str
     if head[:len(MAGIC)] != MAGIC:
         if head[:1] == b"\x80":  # a pickle's first opcode (PROTO)
             raise StateFormatError(f"this {what} is an unversioned pickle of an earlier c360; "
-                                   f"this c360 reads {what} format {reads}: {advice}")
+                                   f"this c360 reads {what} format {reads_text}: {advice}")
         raise DataError(f"this is not a c360 {what} (it starts {head!r}): {advice}")
     if len(head) < HEADER or head[len(MAGIC):len(MAGIC) + 1] != kind:
         raise DataError(f"this c360 blob is not a {what} (it starts {head!r}): {advice}")
     version = head[-1]
-    if version != reads:
+    if version not in versions:
         raise StateFormatError(f"this {what} is format {version}, this c360 reads format "
-                               f"{reads}: {advice}")
+                               f"{reads_text}: {advice}")
     return view[HEADER:]
 
 

@@ -8,7 +8,8 @@ constraints while it parses (a few microseconds an event). Every event carries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -206,15 +207,28 @@ class Command(CustomerEvent, kw_only=True, frozen=True):
 
 @dataclass(frozen=True)
 class Stream:
-    """One stream: its name, its topic, its schema and the field that keys it."""
+    """One stream: its name, its topic, its schema and the field that keys it.
+
+    ``fold``: a hand-written fold of the whole stream, ``(EntityState, event) -> changes``
+    (the retail streams have one, c360.entity.state); a declared stream usually has none and
+    folds through its fields' declared folds (c360.model.declare). ``wire_key`` and
+    ``wire_time`` are the key and event-time fields' names on the wire, when the schema
+    renames them to ``customer_id`` and ``event_time`` (c360.model.declare.stream).
+    """
 
     name: str
     schema: type[Event]
     key_field: str  # "customer_id" or "product_id"
     topic: str = ""
+    fold: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    kind: str = ""
+    wire_key: str = ""
+    wire_time: str = "event_time"
 
     @property
     def entity_kind(self) -> str:
+        if self.kind:
+            return self.kind
         return "customer" if self.key_field == "customer_id" else "product"
 
 
@@ -256,10 +270,12 @@ class _Envelope(msgspec.Struct):
 class Catalogue:
     """Streams by name and by topic, with their decoders, for one topic prefix."""
 
-    def __init__(self, prefix: str = "c360.") -> None:
+    def __init__(self, prefix: str = "c360.", streams: Iterable[Stream] | None = None) -> None:
+        """``streams``: a model's streams (c360.model.declare); default: the retail ones."""
         self.prefix = prefix
         self.streams = tuple(
-            Stream(s.name, s.schema, s.key_field, prefix + s.name) for s in _STREAMS
+            replace(s, topic=s.topic or prefix + s.name)
+            for s in (_STREAMS if streams is None else streams)
         )
         self.by_name = {s.name: s for s in self.streams}
         self.commands = Stream(COMMANDS.name, COMMANDS.schema, COMMANDS.key_field,
