@@ -18,7 +18,7 @@ pipeline gives its own).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,6 +61,9 @@ class EntityHooks:
     # The fold of each stream: the retail model's hand-written ones unless a pipeline gives
     # its model's (c360.entity.fold.compile_folds). Code, like the books: never snapshotted.
     folds: Mapping[str, Fold] = field(default_factory=lambda: FOLDS)
+    # The model's time-dependent declared fields, aged with the windows (c360.entity.fold.
+    # compile_aging); None: the model has none.
+    age: Callable[[EntityState, float], dict[str, Any] | None] | None = None
 
     def on_product_event(self, product_id: str, fields: dict[str, Any],
                          changes: dict[str, Any], event: Event) -> None:
@@ -206,6 +209,11 @@ class EntityHooks:
         fields = state.fields
         changes = win.sweep(w, watermark, fields, notes)
         fields.update(changes)
+        if self.age is not None:
+            more = self.age(state, watermark.timestamp())
+            if more:
+                fields.update(more)
+                changes.update(more)
         if self.rules and not rules_mod.CHURN_INPUTS.isdisjoint(changes):
             # Recency is in days to as_of_day: a customer who stops buying grows more at risk
             # with no event of theirs (left stale, 26,641 of 26,924 Olist customers kept an

@@ -8,6 +8,12 @@ time-dependent fields (windows, decay, months) when the entity's event time move
 derived fields whose inputs changed. A stream whose fields are all hand-written gets its
 hand-written fold itself, untouched: the retail model's fold costs what it cost before.
 
+Time-dependent fields (windowed, decayed, monthly) are read as of the entity's "now": its
+latest event time over the model's streams, moved on by the shard's aging of quiet
+customers (:func:`compile_aging`, called from ``EntityHooks.sweep`` at the same deadlines
+as the retail windows, and at the end of a bounded run for everyone: the store's
+``as_of``). With aging off (``--no-sweep``) they stay as of each entity's latest event.
+
 Order independence (docs/event-time.md): sums are kept as exact integers (cents for money,
 millionths for other floats), latest and last N are by event time with ties broken by event id,
 windows and decay are read as of the entity's latest event time and only from the set of
@@ -33,6 +39,7 @@ from c360.model.events import Event
 
 StreamFold = Callable[[EntityState, Any], "Changes | None"]
 Op = Callable[[dict[str, Any], dict[str, Any], Event, Changes], None]
+Aging = Callable[[EntityState, float], "Changes | None"]
 
 DAY_S = 86_400
 NOW = "@now"  # aux key of the entity's latest event time (epoch s) over the model's streams
@@ -353,6 +360,34 @@ def _derived_op(f: d.Field) -> Op:
         if fields.get(name) != value or name not in fields:
             ch[name] = value
     return derived
+
+
+def compile_aging(model: d.EntityModel) -> Aging | None:
+    """What the shard's aging of a quiet customer does to the model's time-dependent fields
+    (and the derived fields they feed): read them as of the aging time. None: the model
+    has none (the retail model: its windows are c360.entity.windows's)."""
+    clocked = [f for f in model.fields if isinstance(f.fold, d.Windowed | d.Decayed | d.Monthly)]
+    if not clocked:
+        return None
+    clock_ops = [_clock_op(f) for f in clocked]
+    derived_ops = [_derived_op(f) for f in d.derived_order(model)]
+
+    def age(state: EntityState, ts: float) -> Changes | None:
+        aux = state.aux
+        if not aux or NOW not in aux:
+            return None  # none of the model's time-dependent fields has an event yet
+        if ts > aux[NOW]:
+            aux[NOW] = ts
+        ch: Changes = {}
+        fields = state.fields
+        for op in (*clock_ops, *derived_ops):
+            op(fields, aux, _AGING, ch)
+        return ch or None
+
+    return age
+
+
+_AGING: Any = None  # the "event" the clock and derived steps get when aging: they read none
 
 
 def folds_of(model: d.EntityModel | None) -> Mapping[str, StreamFold]:

@@ -22,12 +22,12 @@ from bytewax.testing import cluster_main
 
 from c360.config import Settings
 from c360.entity.derive import EntityHooks
-from c360.entity.fold import compile_folds
+from c360.entity.fold import compile_aging, compile_folds
 from c360.entity.logic import Logic, first_logic
 from c360.entity.rules import RuleBook, RuleFn
 from c360.entity.segments import SegmentBook
 from c360.entity.state import FOLDS
-from c360.errors import C360Error, ConfigError
+from c360.errors import C360Error, ConfigError, ModelError
 from c360.model.declare import EntityModel
 from c360.model.events import Catalogue
 from c360.models.retail import RETAIL
@@ -120,7 +120,8 @@ class Pipeline:
             hooks if hooks is not None else EntityHooks(
                 allowed_lateness=timedelta(seconds=self.settings.allowed_lateness_s)),
             rule_book=self.rules, segment_book=self.segments,
-            folds=FOLDS if model is None else compile_folds(self.model))
+            folds=FOLDS if model is None else compile_folds(self.model),
+            age=None if model is None else compile_aging(self.model))
         self.analytics = analytics
         self.addresses = addresses or []
         self.process_id = process_id
@@ -138,6 +139,7 @@ class Pipeline:
         return self.segments.segment(name, fields=fields)
 
     def build(self) -> Dataflow:
+        # TODO(lead): check_names(self.model, self.rules, self.segments) once RETAIL is whole
         self.settings.require_bootstrap()
         self.rules.products.clear()  # a run starts from its own products, not an earlier run's
         wired = kafka_flow(self.settings, self.store, catalogue=self.catalogue,
@@ -230,6 +232,25 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_names(model: EntityModel, rules: RuleBook, segments: SegmentBook) -> None:
+    """Rules and segments name fields as the model declares them: a ``when=`` field of a
+    rule or a ``fields=`` field of a segment that the model does not declare is refused in
+    one :class:`ModelError` line (the rule would never run, the segment never change)."""
+    declared = {f.name for f in model.fields}
+    for name in rules:
+        for f in sorted(rules[name].when or ()):
+            if f not in declared:
+                raise ModelError(f"rule {name!r}: field {f!r} (in when=) is not declared in "
+                                 f"model {model.name!r}; declare it, or leave the rule out "
+                                 "(Pipeline(rules=RuleBook()) starts with none)")
+    for name in segments:
+        for f in sorted(segments[name].fields):
+            if f not in declared:
+                raise ModelError(f"segment {name!r}: field {f!r} is not declared in model "
+                                 f"{model.name!r}; declare it, or leave the segment out "
+                                 "(Pipeline(segments=SegmentBook()) starts with none)")
 
 
 def run_until_idle(idle: float = 5.0, settings: Settings | None = None, *,
