@@ -38,7 +38,7 @@ from c360.model import declare as d
 from c360.model.events import Event
 
 StreamFold = Callable[[EntityState, Any], "Changes | None"]
-Op = Callable[[dict[str, Any], dict[str, Any], Event, Changes], None]
+Op = Callable[[dict[str, Any], dict[str, Any], Event, float, Changes], None]  # ts: its time
 Aging = Callable[[EntityState, float], "Changes | None"]
 
 DAY_S = 86_400
@@ -81,18 +81,17 @@ def _stream_fold(hand: StreamFold | None, ops: list[Op], clock_ops: list[Op],
         if aux is None:
             aux = state.aux = {}
         fields = state.fields
-        if ops or clock_ops:
-            for op in ops:
-                op(fields, aux, event, ch)
-            if clock_ops:
-                ts = event.event_time.timestamp()
-                now = aux.get(NOW)
-                if now is None or ts > now:
-                    aux[NOW] = ts
-                for op in clock_ops:
-                    op(fields, aux, event, ch)
+        ts = event.event_time.timestamp()
+        for op in ops:
+            op(fields, aux, event, ts, ch)
+        if clock_ops:
+            now = aux.get(NOW)
+            if now is None or ts > now:
+                aux[NOW] = ts
+            for op in clock_ops:
+                op(fields, aux, event, ts, ch)
         for op in derived_ops:
-            op(fields, aux, event, ch)
+            op(fields, aux, event, ts, ch)
         return ch or None
 
     return fold
@@ -135,11 +134,11 @@ def _op(f: d.Field) -> Op:
     if isinstance(fold, d.Latest):
         get = _getter(fold.value)
 
-        def latest(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def latest(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             v = get(e)
             if v is None or (where is not None and not where(e)):
                 return
-            mark = [e.event_time.timestamp(), e.event_id]
+            mark = [ts, e.event_id]
             old = aux.get(name)
             if old is None or mark > old:
                 aux[name] = mark
@@ -151,17 +150,17 @@ def _op(f: d.Field) -> Op:
         by = None if fold.by is None else _getter(fold.by)
         scale = _scale(f, fold)
 
-        def total(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def total(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             if where is not None and not where(e):
                 return
             v = get(e)
             if v is None:
                 return
-            units = round(v * scale)
+            units = v if scale == 1 else round(v * scale)
             if by is None:
                 t = aux.get(name, 0) + units
                 aux[name] = t
-                ch[name] = _out(t, scale)
+                ch[name] = t if scale == 1 else t / scale
             else:
                 key = str(by(e))
                 sums = dict(aux.get(name) or {})
@@ -173,7 +172,7 @@ def _op(f: d.Field) -> Op:
         get = _getter(fold.value)
         better = (lambda a, b: a > b) if isinstance(fold, d.Max) else (lambda a, b: a < b)
 
-        def extreme(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def extreme(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             v = get(e)
             if v is None or (where is not None and not where(e)):
                 return
@@ -185,7 +184,7 @@ def _op(f: d.Field) -> Op:
         get = _getter(fold.value)
         limit = fold.limit
 
-        def distinct(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def distinct(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             v = get(e)
             if v is None or (where is not None and not where(e)):
                 return
@@ -202,11 +201,11 @@ def _op(f: d.Field) -> Op:
         get = _getter(fold.item)
         n = fold.n
 
-        def last_n(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def last_n(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             if where is not None and not where(e):
                 return
             item = get(e)
-            mark = [e.event_time.timestamp(), e.event_id]
+            mark = [ts, e.event_id]
             marks: list = aux.get(name) or []
             items: list = fields.get(name) or []
             i = 0
@@ -243,13 +242,12 @@ def _bucket_op(f: d.Field, fold: d.Windowed | d.Monthly | d.Decayed) -> Op:
                                      else _getter(value))
         hl = fold.half_life.total_seconds()
 
-        def decay(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def decay(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             if where is not None and not where(e):
                 return
             v = get(e)
             if v is None:
                 return
-            ts = e.event_time.timestamp()
             state = aux.get(name)
             if state is None:
                 state = aux[name] = [_anchor(ts, hl), {}]
@@ -261,13 +259,12 @@ def _bucket_op(f: d.Field, fold: d.Windowed | d.Monthly | d.Decayed) -> Op:
     getv = (lambda e: 1) if fold.value is None else _getter(fold.value)  # type: ignore[arg-type]
     monthly = isinstance(fold, d.Monthly)
 
-    def bucket(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+    def bucket(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
         if where is not None and not where(e):
             return
         v = getv(e)
         if v is None:
             return
-        ts = e.event_time.timestamp()
         index = _month(ts) if monthly else int(ts // DAY_S)
         buckets = aux.get(name)
         if buckets is None:
@@ -300,7 +297,7 @@ def _clock_op(f: d.Field) -> Op:
         hl = fold.half_life.total_seconds()
         keyed = fold.by is not None
 
-        def decayed(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+        def decayed(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
             state = aux.get(name)
             if state is None:
                 return
@@ -310,8 +307,12 @@ def _clock_op(f: d.Field) -> Op:
                 k = 2.0 ** ((state[0] - anchor) / hl)
                 state[0], state[1] = anchor, {key: t * k for key, t in state[1].items()}
             factor = 2.0 ** ((anchor - now) / hl)
-            values = {key: round(t * factor, DECAY_DIGITS) for key, t in sorted(state[1].items())}
-            value: Any = values if keyed else values.get("", 0.0)
+            value: Any
+            if keyed:
+                value = {key: round(t * factor, DECAY_DIGITS)
+                         for key, t in sorted(state[1].items())}
+            else:
+                value = round(state[1].get("", 0.0) * factor, DECAY_DIGITS)
             if fields.get(name) != value:
                 ch[name] = value
         return decayed
@@ -321,7 +322,7 @@ def _clock_op(f: d.Field) -> Op:
     span = fold.months if isinstance(fold, d.Monthly) else fold.days
     keyed = getattr(fold, "by", None) is not None
 
-    def window(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+    def window(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
         buckets = aux.get(name)
         if buckets is None:
             buckets = aux[name] = {}
@@ -353,7 +354,7 @@ def _derived_op(f: d.Field) -> Op:
     name, inputs, fn = f.name, fold.inputs, fold.fn
     wanted = frozenset(inputs)
 
-    def derived(fields: dict, aux: dict, e: Event, ch: Changes) -> None:
+    def derived(fields: dict, aux: dict, e: Event, ts: float, ch: Changes) -> None:
         if wanted.isdisjoint(ch):
             return
         value = fn(**{i: ch[i] if i in ch else fields.get(i) for i in inputs})
@@ -381,7 +382,7 @@ def compile_aging(model: d.EntityModel) -> Aging | None:
         ch: Changes = {}
         fields = state.fields
         for op in (*clock_ops, *derived_ops):
-            op(fields, aux, _AGING, ch)
+            op(fields, aux, _AGING, ts, ch)
         return ch or None
 
     return age
