@@ -1,8 +1,9 @@
 """c360: a Jupyter-first, real-time Customer 360.
 
 The public API is the names below (``__all__``); the subpackages behind them are private,
-except :mod:`c360.errors` (the exception tree) and :mod:`c360.sync` (the sync server, for
-serving entities to other processes). By what you do:
+except :mod:`c360.errors` (the exception tree), :mod:`c360.sync` (the sync server, for
+serving entities to other processes) and :mod:`c360.model.declare` (the language of entity
+models: streams, fields and their folds). By what you do:
 
 Run the dataflow
     :class:`Pipeline` (live in the background, or bounded with ``run()``),
@@ -11,6 +12,10 @@ Run the dataflow
 Read the entities
     :class:`EntityStore` (what a pipeline keeps: ``get``, ``dataframe``, ``subscribe``,
     ``wait_until``, ``export``), :class:`Delta` (one applied change, what subscribers get).
+Bring your own streams and fields
+    :class:`EntityModel` (streams and the fields they fold into, checked at start; build
+    one with :mod:`c360.model.declare`), :data:`RETAIL` (the default model: extend it, or
+    start empty); ``Pipeline(model=...)``, ``c360 run --model pkg.module:name``.
 Add business logic
     :class:`RuleBook` and :class:`SegmentBook`: a pipeline's rules (with the product index
     its offer rules read) and segments, the built-in ones fresh per pipeline;
@@ -47,6 +52,8 @@ _LAZY = {
     "run_until_idle": "c360.run.pipeline",
     "EntityStore": "c360.store.memory",
     "Delta": "c360.model.delta",
+    "EntityModel": "c360.model.declare",
+    "RETAIL": "c360.models.retail",
     "RuleBook": "c360.entity.rules",
     "SegmentBook": "c360.entity.segments",
     "decide": "c360.entity.rules",
@@ -66,7 +73,9 @@ if TYPE_CHECKING:
     from c360.dev.simulator import simulate
     from c360.entity.rules import RuleBook, decide
     from c360.entity.segments import SegmentBook
+    from c360.model.declare import EntityModel
     from c360.model.delta import Delta
+    from c360.models.retail import RETAIL
     from c360.model.events import encode
     from c360.run.pipeline import Pipeline, run_until_idle
     from c360.store.memory import EntityStore
@@ -91,8 +100,10 @@ __all__ = [
     "C360Error",
     "Delta",
     "EmbeddedBroker",
+    "EntityModel",
     "EntityStore",
     "Pipeline",
+    "RETAIL",
     "RuleBook",
     "SegmentBook",
     "Settings",
