@@ -375,3 +375,48 @@ def test_c360_run_on_a_recovery_directory_of_another_format_exits_2_in_one_line(
     assert lines[0].startswith(f"c360: error: recovery directory {rec}, step "
                                "customer360.fold.state key c0: this recovery snapshot is "
                                "format 3, this c360 reads format 1 or 2: start afresh"), lines[0]
+
+
+# -- (e) the declared folds' bookkeeping is part of the format (shard format 2) ----------------
+
+def test_a_shard_with_declared_fields_resumes_from_its_snapshot_as_if_never_stopped() -> None:
+    from c360.entity import codec
+    from c360.entity.fold import compile_aging, compile_folds
+    from c360.entity.shard import Shard
+    from c360.model import declare as d
+    from c360.models.retail import RETAIL
+
+    taps = d.stream("taps", {"screen": str, "ms": float}, key="user", time="ts")
+    model = RETAIL.extend(streams=[taps], fields=[
+        d.Field("tap_ms", "float", d.Sum("taps", "ms"), "Time on screens"),
+        d.Field("taps_2d", "int", d.Windowed("taps", days=2), "Taps in 2 days"),
+        d.Field("tap_heat", "float", d.Decayed("taps", half_life=timedelta(hours=12)),
+                "Taps, decayed"),
+        d.Field("last_screens", "list", d.LastN("taps", 3, "screen"), "Latest screens"),
+        d.Field("first_screen", "str", d.Latest("taps", "screen", where=lambda e: e.ms > 50),
+                "Latest long-viewed screen"),
+    ])
+    hooks = EntityHooks(allowed_lateness=LATENESS, folds=compile_folds(model),
+                        age=compile_aging(model))
+
+    def events(lo: int, hi: int) -> list[Routed]:
+        return [Routed("taps", "customer", f"u{n % 3}",
+                       taps.schema(event_id=f"t{n}", event_time=at(n * 97.0),
+                                   customer_id=f"u{n % 3}", screen=f"s{n % 5}",
+                                   ms=float(n % 120)), ("c360.taps", 0, n))
+                for n in range(lo, hi)]
+
+    whole = Shard(hooks, LATENESS)
+    whole.apply(events(0, 60), None)
+    whole.apply(events(60, 120), None)
+    first = Shard(hooks, LATENESS)
+    first.apply(events(0, 60), None)
+    raw = codec.encode_shard("customer", first)
+    assert raw[:6] == b"C360S\x02"
+    kind, resumed = codec.decode_shard(raw, hooks, LATENESS)
+    assert kind == "customer" and resumed.entities["u1"].aux == first.entities["u1"].aux
+    resumed.apply(events(60, 120), None)
+    for cid in ("u0", "u1", "u2"):
+        assert resumed.entity(cid) == whole.entity(cid)
+        assert resumed.entities[cid].version == whole.entities[cid].version
+    assert whole.entity("u1")["taps_2d"] > 0 and len(whole.entity("u1")["last_screens"]) == 3
