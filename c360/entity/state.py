@@ -267,11 +267,11 @@ def fold_location(s: EntityState, e: ev.Location) -> Changes | None:
 
 def fold_social(s: EntityState, e: ev.Social) -> Changes:
     f = s.fields
-    count = f.get("social_count", 0) + 1
-    previous = f.get("social_sentiment")
-    # A short exponential average; the analytics issue replaces it with event-time decay.
-    sentiment = e.sentiment if previous is None else round(0.7 * previous + 0.3 * e.sentiment, 4)
-    ch: Changes = {"social_count": count, "social_sentiment": sentiment}
+    # social_sentiment is not folded here: it is the windows' decayed mean (half-life 7 days,
+    # c360.entity.windows.DECAYED), computed in one place. An exponential average here was
+    # overwritten by it on every social event when windows are on, and depended on the
+    # reading order when they are off; with windows off there is no social_sentiment.
+    ch: Changes = {"social_count": f.get("social_count", 0) + 1}
     last = {"event_type": e.event_type, "details": e.details[:280], "sentiment": e.sentiment,
             "at": e.event_time}
     if _newer(f.get("last_social"), last, "at", "event_type", "details", "sentiment"):
