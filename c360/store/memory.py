@@ -14,16 +14,19 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pandas as pd
 
 from c360.errors import C360Error
 from c360.model.delta import LIFECYCLE_TYPES, Delta, Lifecycle
+
+if TYPE_CHECKING:
+    from c360.model.declare import EntityModel
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,11 @@ class Subscription:
 class EntityStore:
     """Live entities by id. Thread-safe; written by the dataflow, read by anyone."""
 
-    def __init__(self, max_pending: int = 100_000) -> None:
+    def __init__(self, max_pending: int = 100_000, *, model: EntityModel | None = None) -> None:
+        """``model``: the declared entity model whose entities this store holds (default:
+        the retail model); the export's column dtypes and the sync server's PII set are
+        read from it."""
+        self._model = model
         self._lock = threading.RLock()
         self._entities: dict[str, dict[str, Any]] = {}
         self._subs: list[Subscription] = []
@@ -133,6 +140,16 @@ class EntityStore:
         # After a bounded run: the event time every customer was aged to (the end of the
         # data, docs/event-time.md); exports carry it as a column.
         self.as_of: datetime | None = None
+
+    @property
+    def model(self) -> EntityModel:
+        """The entity model of this store's entities: the one given, else the retail model
+        (imported on first use: a store alone does not need the retail folds)."""
+        if self._model is None:
+            from c360.models.retail import RETAIL
+
+            self._model = RETAIL
+        return self._model
 
     # -- writing (the dataflow's sink) ------------------------------------------------------
     def apply(self, deltas: Iterable[Delta | Lifecycle]) -> None:
@@ -256,7 +273,13 @@ class EntityStore:
 
     # -- export ----------------------------------------------------------------------------
     def export(self, path: str | Path, kind: str = "customer") -> Path:
-        """Write one row per entity to ``path``: .parquet, .csv or .jsonl by extension."""
+        """Write one row per entity to ``path``: .parquet, .csv or .jsonl by extension.
+
+        Tables (.parquet, .csv) have a column for every scalar field the model declares for
+        ``kind``, in the declared dtype (:func:`typed_frame`), so that a field no entity has
+        yet, or that is empty everywhere, is still its column of its type; other columns
+        (undeclared fields, records' ``parent.child`` columns) are as pandas reads them.
+        The .jsonl export is the entities as they are, typed by JSON."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".parquet", ".csv", ".jsonl"):
@@ -271,7 +294,7 @@ class EntityStore:
                         row["as_of"] = self.as_of
                     out.write(enc.encode(row) + b"\n")
             return path
-        df = self.dataframe(kind)
+        df = typed_frame(self.dataframe(kind), self.model.dtypes(kind))
         if self.as_of is not None:
             df["as_of"] = self.as_of
         df = df.rename(columns={"id": f"{kind}_id"}).sort_values(f"{kind}_id")
@@ -290,6 +313,38 @@ def entity_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     ``parent.child`` columns. The store, the sync client and the local replica all use it."""
     df = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame(columns=["id"])
     return df.set_index("id", drop=False).rename_axis(None)
+
+
+def typed_frame(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
+    """``df`` with each declared column (``{field: dtype}``, :meth:`EntityModel.dtypes`) in
+    its dtype, and the declared columns it lacks added, empty, at the end in declared order.
+
+    pandas alone gives an all-empty column ``object`` (or ``float64``), and an int column
+    with one entity lacking the field ``float64`` (so the CSV read ``3.0``): the declared
+    dtype is what a reader of the table can count on. A column whose values do not fit its
+    declared dtype (a model that says ``int`` for a field holding 2.5) keeps pandas' dtype,
+    with a warning naming the field: an export at the end of a long run is not refused.
+    """
+    df = df.copy()
+    for name, dtype in dtypes.items():
+        if name not in df.columns:  # all missing: object, which each dtype casts from
+            df[name] = _as(pd.Series(None, index=df.index, dtype=object), dtype)
+            continue
+        try:
+            df[name] = _as(df[name], dtype)
+        except (TypeError, ValueError) as exc:
+            log.warning("export: field %r does not fit its declared dtype %s (%s); its column "
+                        "keeps pandas' dtype %s: fix the field's type in the model",
+                        name, dtype, exc, df[name].dtype)
+    return df
+
+
+def _as(column: pd.Series, dtype: str) -> pd.Series:
+    if column.dtype == dtype:
+        return column
+    if dtype.startswith("datetime64"):  # values are datetimes or ISO 8601 text
+        return pd.to_datetime(column, utc=True).astype(dtype)
+    return column.astype(dtype)
 
 
 def _exported(entity: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,13 @@ inline JSON in ``C360_TOKENS``::
 
 Tokens are kept by their SHA-256 digest only, and the file is re-read when it changes,
 so that revoking a token takes effect on open connections too.
+
+Which fields are personal data is the entity model's to say (``Field(..., pii=True)``,
+:attr:`c360.model.declare.EntityModel.pii_fields`): a token without the ``pii`` scope sees
+them redacted. :data:`PII_FIELDS` is the retail model's set, the default; the sync server
+passes its model's set to :meth:`Scope.shown`, so a model that declares one more personal
+field gets it redacted with no change here. A scope file says *whether* a token sees PII,
+never *which* fields are PII.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from typing import Any, Literal
 import msgspec
 
 from c360.errors import ConfigError
+from c360.models.retail import RETAIL
 
-PII_FIELDS = frozenset({"name", "email", "phone", "address", "birthdate"})
+PII_FIELDS: frozenset[str] = RETAIL.pii_fields  # the default model's personal data
 REDACTED = "[redacted]"
 IDENTITY = frozenset({"id", "kind"})  # always visible: they say which entity a message is about
 
@@ -73,9 +81,14 @@ class Scope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def allows_command(self, name: str) -> bool:
         return name in self.commands or "*" in self.commands
 
-    def shown(self, field: str, value: Any) -> Any:
+    def redacts(self, field: str, pii_fields: frozenset[str] = PII_FIELDS) -> bool:
+        """Whether this token sees ``field`` redacted: a PII field (``pii_fields``: the
+        model's, default the retail model's) without the pii scope."""
+        return not self.pii and field in pii_fields
+
+    def shown(self, field: str, value: Any, pii_fields: frozenset[str] = PII_FIELDS) -> Any:
         """The value as this token may see it: PII is redacted without the pii scope."""
-        return REDACTED if field in PII_FIELDS and not self.pii else value
+        return REDACTED if not self.pii and field in pii_fields else value
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "entities": self.entities, "fields": self.fields,

@@ -11,7 +11,9 @@ Threads and hand-offs::
 A connection never holds more than ``Limits.max_pending`` entities' worth of pending
 patches: past that its backlog is dropped and those entities get fresh snapshots once
 it reads again. Scope (token expiry or revocation, entity, segment, fields, PII) is
-checked when each message is built, right before it is sent.
+checked when each message is built, right before it is sent. Which fields are PII is the
+entity model's to say (the store's model, or ``SyncServer(model=...)``): they are redacted
+for a token without the ``pii`` scope.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from c360.errors import (
     Unavailable,
 )
 from c360.model.commands import command_event, parse_args
+from c360.model.declare import EntityModel
 from c360.model.delta import LIFECYCLE_TYPES, Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.model.events import Command as CommandEvent
@@ -357,7 +360,8 @@ class _Connection:
                 return p.snapshot(eid, 0, None)
             self.pending.pop(eid, None)  # the snapshot holds every change up to its version
             view.version = entity["version"]
-            data = {k: scope.shown(k, v) for k, v in entity.items()
+            pii = self.server.pii_fields
+            data = {k: scope.shown(k, v, pii) for k, v in entity.items()
                     if k != "version" and _visible(k, view.fields, scope)}
             return p.snapshot(eid, view.version, data)
         return None
@@ -368,7 +372,7 @@ class _Connection:
             entity = self.server.store.get(e.entity_id) if scope.segment else None
             if not scope.allows_entity(e.entity_id, entity):
                 continue
-            detail = lifecycle_detail(scope, e)
+            detail = lifecycle_detail(scope, e, self.server.pii_fields)
             if detail is None:
                 self.stats.events_withheld += 1
                 continue
@@ -403,20 +407,23 @@ class _Connection:
                      changes: dict[str, Any]) -> dict[str, Any]:
         # "add" on an existing member replaces it (RFC 6902 4.1), so one op fits both cases
         # without the server tracking which fields each client's copy already has.
-        ops = [{"op": "add", "path": p.escape(k), "value": scope.shown(k, v)}
+        pii = self.server.pii_fields
+        ops = [{"op": "add", "path": p.escape(k), "value": scope.shown(k, v, pii)}
                for k, v in changes.items() if _visible(k, view.fields, scope)]
         message = p.patch(eid, view.version, version, ops)
         view.version = version
         return message
 
 
-def lifecycle_detail(scope: Scope, e: Lifecycle) -> dict[str, Any] | None:
+def lifecycle_detail(scope: Scope, e: Lifecycle,
+                     pii_fields: frozenset[str] = PII_FIELDS) -> dict[str, Any] | None:
     """The event's detail as this token may see it, or None: the event is not sent, since
     even its type would tell something about a field outside the token's fields.
 
     Rules build their reasons from the entity fields they list in ``fields`` (a reason
     quotes their values): a decision goes only to tokens that may see all of them, its
-    reason and key redacted without the ``pii`` scope when one of them is PII.
+    reason and key redacted without the ``pii`` scope when one of them is PII
+    (``pii_fields``: the model's; default the retail model's).
     """
     d = e.detail
     if e.type in _ABOUT_FIELD_LIST:
@@ -439,11 +446,12 @@ def lifecycle_detail(scope: Scope, e: Lifecycle) -> dict[str, Any] | None:
             inputs = []
         about = [f for f in inputs if not str(f).startswith(CATALOG_INPUT)]
     else:  # a type this server does not know: only the keys that are visible fields
-        return {k: scope.shown(k, v) for k, v in d.items() if scope.allows_field(k)}
+        return {k: scope.shown(k, v, pii_fields) for k, v in d.items()
+                if scope.allows_field(k)}
     if not all(scope.allows_field(f) for f in about):
         return None
-    out = {k: scope.shown(k, v) for k, v in d.items()}
-    if not scope.pii and not PII_FIELDS.isdisjoint(about):
+    out = {k: scope.shown(k, v, pii_fields) for k, v in d.items()}
+    if not scope.pii and not pii_fields.isdisjoint(about):
         for k in ("reason", "key"):
             if k in out:
                 out[k] = REDACTED
@@ -463,12 +471,15 @@ def _visible(field_name: str, wanted: frozenset[str] | None, scope: Scope) -> bo
 
 
 class SyncServer:
-    """Serves ``store`` to WebSocket clients; commands go to Kafka when ``settings`` is set."""
+    """Serves ``store`` to WebSocket clients; commands go to Kafka when ``settings`` is set.
+    ``model``: whose PII fields are redacted for tokens without the pii scope (default: the
+    store's model, the retail model unless the store was given one)."""
 
     def __init__(self, store: EntityStore, tokens: TokenBook | None = None,
                  settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, model: EntityModel | None = None) -> None:
         self.store = store
+        self.pii_fields: frozenset[str] = (model if model is not None else store.model).pii_fields
         self.tokens = tokens if tokens is not None else TokenBook.from_env()
         self.settings = settings
         self.host = host
