@@ -79,7 +79,7 @@ def _f(name: str, type_: str, sources: str, how: str, description: str, *,
 
 
 _LAST = "last applied (arrival order)"
-_STATUS = "status updates change its item, not the counts"
+_STATUS = "a status update is not a new one"
 _DORMANT = (f"'{DORMANT}' added by the sweep after {_span(DORMANT_AFTER)} quiet, "
             "left at the next event")
 
