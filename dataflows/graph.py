@@ -200,7 +200,9 @@ def kafka_flow(settings: Settings, store: EntityStore, *, catalogue: Catalogue |
     source = KafkaBatchSource(config, cat.input_topics, idle_timeout=idle_timeout,
                               stop=stop, unordered=[cat.commands_topic],
                               partition_idle=s.partition_idle_ms / 1000,
-                              align_max=s.align_max)
+                              align_max=s.align_max,
+                              time_fields={st.topic: st.wire_time for st in cat.streams
+                                           if st.wire_time != "event_time"})
     records = producer_config(s)
     large = producer_config(s, message_max_bytes=20_000_000)  # a dead letter holds the event
     flow = build_flow(

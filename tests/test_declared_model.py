@@ -32,7 +32,6 @@ from typing import Any
 import msgspec
 import pandas as pd
 import pytest
-from bytewax.errors import BytewaxRuntimeError
 from confluent_kafka import Producer
 
 from c360.config import REPO_ROOT, Settings
@@ -439,12 +438,6 @@ def test_with_aging_off_windows_and_decay_are_as_of_each_customers_latest_event(
     assert differences(store, oracle(sessions, returns, None)) == []
 
 
-@pytest.mark.xfail(
-    strict=True, raises=BytewaxRuntimeError,
-    reason="the source reads event time from the JSON key \"event_time\" only (c360/topics/"
-           "source.py event_time_of): a stream whose time field is another on the wire "
-           "(time=\"ts\") has no watermark, and the end of a bounded run ages everyone to -inf "
-           "(OverflowError in Shard.finish)")
 def test_a_stream_whose_time_field_is_named_otherwise_on_the_wire_folds_the_same(
         broker: EmbeddedBroker, records: list[Record]) -> None:
     """``d.stream(..., time="ts")``: the same sessions with their event time under "ts"."""

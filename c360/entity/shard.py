@@ -261,6 +261,8 @@ class Shard:
                 return []
             as_of = max(self.ended.values())
         deltas: list[Delta | Lifecycle] = []
+        if not math.isfinite(as_of):  # no source partition read an event time: nothing to age to
+            return deltas
         if not self.aging:
             return deltas
         for part in sorted(self._due):

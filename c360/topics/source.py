@@ -48,7 +48,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -86,7 +86,13 @@ _EOF = KafkaError._PARTITION_EOF
 _KEY = b'"event_time"'
 
 
-def event_time_of(raw: bytes | None) -> float | None:
+def time_key(field: str) -> bytes:
+    """The JSON key :func:`event_time_of` looks for, for a stream whose event time is
+    ``field`` on the wire (a declared stream may name it ``ts``: c360.model.declare.stream)."""
+    return b'"' + field.encode() + b'"'
+
+
+def event_time_of(raw: bytes | None, key: bytes = _KEY) -> float | None:
     """The record's event time (epoch seconds) read from its JSON without decoding it, or
     None when there is none to read (the decoder then says what is wrong with the record).
 
@@ -98,14 +104,15 @@ def event_time_of(raw: bytes | None) -> float | None:
     """
     if not raw:
         return None
-    i = raw.find(_KEY)
+    i = raw.find(key)
     if i < 0:
         return None
-    if raw[i + 12:i + 14] == b':"':  # compact JSON
-        j = i + 13
+    end = i + len(key)
+    if raw[end:end + 2] == b':"':  # compact JSON
+        j = end + 1
     else:
-        j = raw.find(b'"', i + 12)
-        if j < 0 or raw[i + 12:j].strip(b" \t\r\n:") != b"":
+        j = raw.find(b'"', end)
+        if j < 0 or raw[end:j].strip(b" \t\r\n:") != b"":
             return None
     k = raw.find(b'"', j + 1)
     if k < 0:
@@ -315,7 +322,8 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
                  watch: TopicWatch | None = None, *, unordered: frozenset[str] = frozenset(),
                  partition_idle: float = 0.5, align_max: int = 20_000,
                  source: KafkaBatchSource | None = None,
-                 poll_wait: float | None = None) -> None:
+                 poll_wait: float | None = None,
+                 time_fields: Mapping[str, str] | None = None) -> None:
         self._offsets: Offsets = dict(resume or {})
         clock_us = self._offsets.pop(CLOCK_KEY, None)
         self._clock = NO_TIME if clock_us is None else clock_us / 1e6
@@ -328,6 +336,8 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
         # Keyed by what Message.topic() returns: None (some errors) is in no topic.
         self._topic_index: dict[str | None, int] = {
             t: i for i, t in enumerate(topics) if t not in unordered}
+        # The JSON key of each topic's event time: "event_time" unless its stream says.
+        self._time_keys = [time_key((time_fields or {}).get(t, "event_time")) for t in topics]
         self._merge = Merge(len(topics), partition_idle, align_max)
         for i, t in enumerate(topics):
             if t in unordered:  # never waited for
@@ -361,6 +371,7 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
         first: list[Message] = []  # errors and unordered topics: out at once
         data = 0
         index = self._topic_index
+        keys = self._time_keys
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -376,7 +387,7 @@ class _Partition(StatefulSourcePartition[Polled, Offsets]):
             if i is None:
                 first.append(m)
                 continue
-            merge.add(i, event_time_of(m.value()), m)
+            merge.add(i, event_time_of(m.value(), keys[i]), m)
         if data:
             self._idle.touch(data)
             if self._waited:
@@ -476,14 +487,16 @@ class KafkaBatchSource(FixedPartitionedSource[Polled, Offsets]):
     ``partition_idle``: seconds a topic partition at its end stops holding the merge
     back; ``align_max``: buffered messages per topic partition before it is paused;
     ``poll_wait``: seconds between polls under load (default :data:`POLL_WAIT`; 0: never
-    wait, see :class:`Pacing`).
+    wait, see :class:`Pacing`). ``time_fields``: topic -> the JSON key of its event time,
+    for the topics of declared streams that do not call it ``event_time``.
     """
 
     def __init__(self, config: dict[str, str], topics: list[str], *,
                  idle_timeout: float | None = None, stop: threading.Event | None = None,
                  batch_size: int = 5000, unordered: list[str] | None = None,
                  partition_idle: float = 0.5, align_max: int = 20_000,
-                 poll_wait: float | None = None) -> None:
+                 poll_wait: float | None = None,
+                 time_fields: Mapping[str, str] | None = None) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a list of topic names, not a string")
         self._config: dict[str, str | int | float | bool] = dict(config)
@@ -495,6 +508,7 @@ class KafkaBatchSource(FixedPartitionedSource[Polled, Offsets]):
         self._partition_idle = partition_idle
         self._align_max = align_max
         self._poll_wait = poll_wait
+        self._time_fields = dict(time_fields or {})  # topic -> its event-time field on the wire
         self._parts: int | None = None
         self.idle = Idle()
         self._lock = threading.Lock()
@@ -543,4 +557,5 @@ class KafkaBatchSource(FixedPartitionedSource[Polled, Offsets]):
                           self._batch_size, self.idle, self._idle_timeout, self._stop,
                           TopicWatch(self._config, self._topics), unordered=self._unordered,
                           partition_idle=self._partition_idle, align_max=self._align_max,
-                          source=self, poll_wait=self._poll_wait)
+                          source=self, poll_wait=self._poll_wait,
+                          time_fields=self._time_fields)
