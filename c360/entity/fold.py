@@ -58,7 +58,7 @@ def compile_folds(model: d.EntityModel) -> dict[str, StreamFold]:
     model.check()
     folds: dict[str, StreamFold] = {}
     for s in model.streams:
-        program = _Program(model, s.name)
+        program = _Program(model, s.name, entity=s.entity_kind)
         if program.empty:
             folds[s.name] = s.fold if s.fold is not None else _nothing
         else:
@@ -116,13 +116,14 @@ class _Program:
     """The steps of one stream's fold (``stream`` None: the aging of every clocked field),
     as Python source, with the names the source refers to."""
 
-    def __init__(self, model: d.EntityModel, stream: str | None, derived_only: bool = False
-                 ) -> None:
+    def __init__(self, model: d.EntityModel, stream: str | None, derived_only: bool = False,
+                 entity: str = "customer") -> None:
         self.names: dict[str, Any] = {"_rank": _rank, "_month": _month, "_anchor": _anchor,
                                       "_month_name": _month_name, "NOW": NOW}
-        fields = [f for f in model.fields if isinstance(f.fold, d.Fold)]
+        # Only the fields of the entity kind the stream feeds (aging and commands: customers).
+        fields = [f for f in model.fields if isinstance(f.fold, d.Fold) and f.entity == entity]
         clocked = [f for f in fields if isinstance(f.fold, CLOCKED)]
-        derived = d.derived_order(model)
+        derived = [f for f in d.derived_order(model) if f.entity == entity]
         own = [] if stream is None or derived_only else [
             f for f in fields if f.fold.stream == stream]  # type: ignore[union-attr]
         self.steps = [self._step(f) for f in own]

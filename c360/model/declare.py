@@ -320,8 +320,8 @@ class EntityModel:
         fields = tuple(fields)
         mine = self.fields
         if replace:
-            new = {f.name for f in fields}
-            mine = tuple(f for f in mine if f.name not in new)
+            new = {(f.entity, f.name) for f in fields}
+            mine = tuple(f for f in mine if (f.entity, f.name) not in new)
         return EntityModel(name or f"{self.name}+", (*self.streams, *streams), (*mine, *fields))
 
     def stream(self, name: str) -> Stream:
@@ -334,11 +334,11 @@ class EntityModel:
     def stream_names(self) -> list[str]:
         return [s.name for s in self.streams]
 
-    def field(self, name: str) -> Field:
+    def field(self, name: str, entity: str = "customer") -> Field:
         for f in self.fields:
-            if f.name == name:
+            if f.name == name and f.entity == entity:
                 return f
-        raise KeyError(f"unknown field {name!r}")
+        raise KeyError(f"unknown {entity} field {name!r}")
 
     def fields_of(self, entity: str = "customer") -> tuple[Field, ...]:
         return tuple(f for f in self.fields if f.entity == entity)
@@ -416,12 +416,12 @@ def _check(model: EntityModel) -> None:
         if s.name in streams:
             raise ModelError(f"stream {s.name!r} is declared twice")
         streams[s.name] = s
-    declared: dict[str, Field] = {}
+    declared: dict[tuple[str, str], Field] = {}  # (entity kind, name): one name per entity
     for f in model.fields:
-        where = f"field {f.name!r}"
-        if f.name in declared:
+        where = f"field {f.name!r}" if f.entity == "customer" else f"{f.entity} field {f.name!r}"
+        if (f.entity, f.name) in declared:
             raise ModelError(f"{where} is declared twice (extend(..., replace=True) replaces)")
-        declared[f.name] = f
+        declared[(f.entity, f.name)] = f
         if f.type not in TYPES:
             raise ModelError(f"{where}: unknown type {f.type!r}; use one of {', '.join(TYPES)}")
         if not f.description.strip():
@@ -436,7 +436,7 @@ def _check(model: EntityModel) -> None:
     for f in model.fields:
         if isinstance(f.fold, Derived):
             for name in f.fold.inputs:
-                if name not in declared:
+                if (f.entity, name) not in declared:
                     raise ModelError(f"field {f.name!r}: derived from {name!r}, which is not a "
                                      "declared field")
     _check_cycles(model)
@@ -495,7 +495,8 @@ def _check_cycles(model: EntityModel) -> None:
 
 def derived_order(model: EntityModel) -> list[Field]:
     """The derived fields, each after the derived fields it reads (the model is checked)."""
-    fields = {f.name: f for f in model.fields if isinstance(f.fold, Derived)}
+    fields = {f.name: f for f in model.fields if isinstance(f.fold, Derived)}  # per entity kind:
+    # the compiler keeps those of the stream's kind (a name is one field per kind)
     out: list[Field] = []
     seen: set[str] = set()
 
