@@ -25,6 +25,7 @@ import panel as pn
 
 from c360.config import Settings
 from c360.errors import C360Error, CommandError, Forbidden, NotFound
+from c360.models.retail import RETAIL
 from c360.store.memory import EntityStore
 from c360.sync.auth import Scope
 from c360.sync.local import LocalReplica
@@ -47,12 +48,14 @@ from dashboards.text import (
 PERIOD_MS = 100  # at most ten redraws per second per view
 STOCK_EVERY_S = 1.0  # how often the wishlist's stock is looked up between customer changes
 STRETCH = "stretch_width"
-KPIS = {"lifetime_value": ("Lifetime value", CURRENCY + " {value:,.2f}"),
-        "spend_30d": ("Spend, 30 days", CURRENCY + " {value:,.2f}"),
-        "spend_7d": ("Spend, 7 days", CURRENCY + " {value:,.2f}"),
-        "orders_30d": ("Orders, 30 days", "{value:,}"),
-        "loyalty_points": ("Loyalty points", "{value:,}"),
-        "churn_risk": ("Churn risk", "{value:.2f}")}
+# Entity fields, as the model declares them (tests/test_model_downstream.py checks each
+# list): which ones a page shows and in what order is the page's choice, not the model's.
+KPI_FIELDS = ("lifetime_value", "spend_30d", "spend_7d", "orders_30d", "loyalty_points",
+              "churn_risk")
+# How a KPI's number reads, by its declared type (Number's format string).
+KPI_FORMATS = {"money": CURRENCY + " {value:,.2f}", "int": "{value:,}", "float": "{value:.2f}",
+               "share": "{value:.1%}"}
+KPIS = {f: (title(f), KPI_FORMATS[RETAIL.field(f).type]) for f in KPI_FIELDS}
 PROFILE = ("email", "phone", "gender", "birthdate", "address", "demographics",
            "psychographics", "tp_purchase_count", "tp_spend", "marketing_opt_out",
            "last_contacted_at", "last_contact_channel", "payment_count", "total_spent",

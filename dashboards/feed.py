@@ -35,8 +35,12 @@ TRENDING_S = 300.0  # trending lists count the last five minutes
 BUCKET_S = 10.0
 TOP = 10
 DECISIONS_KEPT = 50
+# Entity fields the feed reads, as the model declares them (tests/test_model_downstream.py
+# checks these and the totals sample() sums): the finder's table ("id" and "version" are
+# the entity's own) and the lists the trending counts follow.
 FINDER_COLUMNS = ["id", "name", "email", "segments", "loyalty_tier", "lifetime_value",
                   "churn_risk", "version"]
+TRENDING_FIELDS = ("recent_searches", "recent_views", "recent_orders")
 GLOBAL_TOPS = {"products": "global:top_products", "categories": "global:top_categories",
                "searches": "global:trending_searches"}
 
@@ -110,8 +114,7 @@ class Feed:
         self._dead = {"dlq": 0, "late": 0}
         self._stop = threading.Event()
         self._subs = [
-            store.subscribe(self._on_delta, fields=["recent_searches", "recent_views",
-                                                    "recent_orders"]),
+            store.subscribe(self._on_delta, fields=TRENDING_FIELDS),
             store.subscribe_lifecycle(self._on_decision, types=["decision"]),
         ]
         self._threads = [threading.Thread(target=self._run, name="c360-feed", daemon=True)]

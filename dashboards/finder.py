@@ -1,8 +1,8 @@
 """Customer finder: search by name, email or id, filter by segment, sort by value or risk.
 
 The list is the top N of the feed's customer table (refreshed once a second for all
-sessions), filtered per session and patched into the table. Without the PII scope names
-and emails are redacted and cannot be searched.
+sessions), filtered per session and patched into the table. Without the PII scope the
+model's PII fields (names, emails) are redacted and cannot be searched.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from c360.sync.auth import REDACTED, Scope
 from dashboards.feed import Feed
 from dashboards.live import PANEL_STYLE
 from dashboards.tables import PatchedTable
-from dashboards.text import money
+from dashboards.text import readable, title
 
 TOP_N = 50
-SORTS = {"Lifetime value": "lifetime_value", "Churn risk": "churn_risk"}
+# Entity fields as the model declares them (tests/test_model_downstream.py checks them);
+# "id" is the entity's id. Column titles and cell formats are the model's (dashboards.text).
+SORT_FIELDS = ("lifetime_value", "churn_risk")
+SORTS = {title(f): f for f in SORT_FIELDS}
 ALL = "(all segments)"
 COLUMNS = ["id", "name", "email", "segments", "loyalty_tier", "lifetime_value", "churn_risk"]
-TITLES = {"id": "Customer id", "loyalty_tier": "Loyalty tier", "lifetime_value": "Lifetime value",
-          "churn_risk": "Churn risk"}
+SEARCHED = ("name", "email")  # besides the id; only by a token that sees them unredacted
 
 
 def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
@@ -39,18 +41,18 @@ def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
     text = text.strip().lower()
     if text:
         hit = df["id"].str.lower().str.contains(text, regex=False)
-        if scope.pii:  # searching by a field one may not see would reveal it
-            hit |= df["name"].str.lower().str.contains(text, regex=False)
-            hit |= df["email"].str.lower().str.contains(text, regex=False)
+        for column in SEARCHED:  # searching by a field one may not see would reveal it
+            if scope.allows_field(column) and not scope.redacts(column):
+                hit |= df[column].str.lower().str.contains(text, regex=False)
         df = df[hit]
     if scope.allows_field(sort):  # ordering by a hidden field would reveal it
         df = df.sort_values([sort, "id"], ascending=[False, True]).head(n)
     else:
         df = df.sort_values("id").head(n)
     df = df[COLUMNS].copy()
-    if not scope.pii:
-        df["name"] = REDACTED
-        df["email"] = REDACTED
+    for column in COLUMNS:
+        if scope.redacts(column):
+            df[column] = REDACTED
     for column in COLUMNS:  # a scope limited to some fields shows the others empty
         if not scope.allows_field(column):
             df[column] = ""
@@ -58,13 +60,9 @@ def find(table: pd.DataFrame, scope: Scope, text: str = "", segment: str = "",
 
 
 def display_row(row: tuple[Any, ...]) -> tuple[str, ...]:
-    """A row of :func:`find` as text: money as money, risk with two decimals ("" stays: a
-    field outside the scope)."""
-    cells = dict(zip(COLUMNS, row, strict=True))
-    value, risk = cells["lifetime_value"], cells["churn_risk"]
-    cells["lifetime_value"] = "" if value == "" else money(float(value))
-    cells["churn_risk"] = "" if risk == "" else f"{float(risk):.2f}"
-    return tuple(str(cells[c]) for c in COLUMNS)
+    """A row of :func:`find` as text, each cell as :func:`dashboards.text.readable` reads its
+    field (money as money, risk with two decimals); "" stays: a field outside the scope."""
+    return tuple("" if v == "" else readable(c, v) for c, v in zip(COLUMNS, row, strict=True))
 
 
 class FinderPage(pn.viewable.Viewer):
@@ -81,9 +79,9 @@ class FinderPage(pn.viewable.Viewer):
         self.segment = pn.widgets.Select(label="Segment", options=[ALL], value=ALL, width=200,
                                          css_classes=["c360-segment"])
         self.sort = pn.widgets.RadioButtonGroup(label="Sort by", options=list(SORTS),
-                                                value="Lifetime value", color="primary",
+                                                value=next(iter(SORTS)), color="primary",
                                                 css_classes=["c360-sort"], align="end")
-        self.table = PatchedTable(COLUMNS, titles=TITLES, height=TOP_N * 30 + 40,
+        self.table = PatchedTable(COLUMNS, height=TOP_N * 30 + 40,
                                   css_class="c360-finder")
         self.table.widget.on_click(self._clicked)
         for w in (self.search, self.segment, self.sort):

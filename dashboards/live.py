@@ -48,6 +48,9 @@ MAX_OPTIONS = 50_000  # customer ids sent to the browser for autocompletion
 VALUE_CHARS = 240  # longer values (recent orders, ...) are cut in the fields table
 
 # Shown first in the fields table; the rest follow alphabetically, new fields at the end.
+# "id" and "version" are the entity's own; the others are fields the model declares
+# (tests/test_model_downstream.py). The table lists whatever fields the entity has, so a
+# field a model adds shows up with no change here.
 LEADING_FIELDS = ("id", "version", "last_seen", "first_seen", "name", "email", "loyalty_tier",
                   "lifetime_value", "order_count", "total_spent")
 

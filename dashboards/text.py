@@ -16,43 +16,38 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from c360.dev.simulator import CITIES, STORES, _km
+from c360.models.retail import RETAIL
 
 # The simulated shop and the Olist data are Brazilian: amounts are in reais.
 CURRENCY = "R$"
-MONEY = frozenset({"lifetime_value", "total_spent", "orders_value", "tp_spend", "total_amount",
-                   "amount", "price", "discount", "revenue", "income", "spend_1d", "spend_7d",
-                   "spend_30d", "spend_90d", "revenue_per_min"})
-MONEY_MAPS = frozenset({"monthly_spend"})  # {month: amount}
-SHARES = frozenset({"returns_rate_90d", "returns_rate", "rate"})  # 0..1, shown as percent
+# Labels, money and shares are the model's (c360.models.retail: Field.label/title, type
+# "money" and "share"), for every entity field. The keys below are not entity fields --
+# keys inside nested records (an order's total_amount, a payment's amount, demographics'
+# income), the global analytics entities' values (revenue, rate), the feed's computed
+# figures (revenue_per_min, returns_rate, per_s) and the entity's id -- so the model does
+# not declare them and they are listed here. tests/test_model_downstream.py checks that
+# every other field the dashboards name is declared.
+NESTED_MONEY = frozenset({"total_amount", "amount", "income", "revenue", "revenue_per_min"})
+NESTED_SHARES = frozenset({"returns_rate", "rate"})
+NESTED_TITLES = {"id": "Customer id", "order_id": "Order", "product_id": "Product",
+                 "per_s": "Per second"}
+MONEY = RETAIL.money_fields | NESTED_MONEY
+# A map's values have no declared type: {month: amount} maps are listed by name.
+MONEY_MAPS = frozenset({"monthly_spend"})
+SHARES = frozenset(f.name for f in RETAIL.fields if f.type == "share") | NESTED_SHARES  # 0..1
 CITY_KM = 60.0  # a position this close to a known city is "in" it
 STORE_KM = 0.5  # ...and this close to one of the shop's stores, "at" it (the rules' 500 m)
 VALUE_CHARS = 400  # longer texts are cut (the "all fields" table)
 
-# Titles for fields whose name does not read well once underscores become spaces.
-TITLES = {
-    "id": "Customer id", "tp_purchase_count": "Third-party purchases",
-    "tp_spend": "Third-party spend", "marketing_opt_out": "Marketing opt-out",
-    "last_contacted_at": "Last contacted", "last_contact_channel": "Contacted by",
-    "avg_review_score": "Average review", "social_sentiment": "Social sentiment (7-day)",
-    "last_social": "Last social post", "loyalty_tier": "Loyalty tier",
-    "loyalty_program_tier": "Loyalty programme tier", "spend_1d": "Spend, 1 day",
-    "spend_7d": "Spend, 7 days", "spend_30d": "Spend, 30 days", "spend_90d": "Spend, 90 days",
-    "orders_1d": "Orders, 1 day", "orders_7d": "Orders, 7 days", "orders_30d": "Orders, 30 days",
-    "orders_90d": "Orders, 90 days", "returns_90d": "Returns, 90 days",
-    "returns_rate_90d": "Returns rate, 90 days", "as_of_day": "As of (day)",
-    "first_seen": "First seen", "last_seen": "Last seen", "last_order_at": "Last order",
-    "recent_orders": "Recent orders", "recent_returns": "Recent returns",
-    "recent_searches": "Recent searches", "recent_views": "Recent views",
-    "recent_locations": "Recent locations", "nearby_events": "Events nearby",
-    "offers_sent": "Offers sent", "churn_risk": "Churn risk", "per_s": "Per second",
-    "lifetime_value": "Lifetime value", "order_id": "Order", "product_id": "Product",
-}
+# How people read each name: the model's labels (or its words, capitalised) and the above.
+TITLES = {**NESTED_TITLES, **RETAIL.titles}
 
 Names = Callable[[str], str]  # product id -> name (the id itself when unknown)
 
 
 def title(field: str) -> str:
-    """``"tp_purchase_count"`` -> ``"Third-party purchases"``; others: words, capitalised."""
+    """``"tp_purchase_count"`` -> ``"Third-party purchases"`` (its label in the model);
+    names the model does not know: words, capitalised (as :attr:`Field.title` does)."""
     if field in TITLES:
         return TITLES[field]
     words = field.replace("_", " ").strip()
