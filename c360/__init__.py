@@ -11,7 +11,9 @@ Run the dataflow
     :class:`Settings` (the cluster, topic prefix and limits; ``Settings.from_env()``).
 Read the entities
     :class:`EntityStore` (what a pipeline keeps: ``get``, ``dataframe``, ``subscribe``,
-    ``wait_until``, ``export``), :class:`Delta` (one applied change, what subscribers get).
+    ``wait_until``, ``export``), :class:`Delta` (one applied change, what subscribers get),
+    :class:`History` (every version: ``history``, ``as_of``, point-in-time ``training_set``;
+    give a pipeline its ``.store``).
 Bring your own streams and fields
     :class:`EntityModel` (streams and the fields they fold into, checked at start; build
     one with :mod:`c360.model.declare`), :data:`RETAIL` (the default model: extend it, or
@@ -51,6 +53,7 @@ _LAZY = {
     "Pipeline": "c360.run.pipeline",
     "run_until_idle": "c360.run.pipeline",
     "EntityStore": "c360.store.memory",
+    "History": "c360.store.history",
     "Delta": "c360.model.delta",
     "EntityModel": "c360.model.declare",
     "RETAIL": "c360.models.retail",
@@ -78,6 +81,7 @@ if TYPE_CHECKING:
     from c360.models.retail import RETAIL
     from c360.model.events import encode
     from c360.run.pipeline import Pipeline, run_until_idle
+    from c360.store.history import History
     from c360.store.memory import EntityStore
     from c360.store.replica import replica_from_kafka
     from c360.sync import connect, local
@@ -102,6 +106,7 @@ __all__ = [
     "EmbeddedBroker",
     "EntityModel",
     "EntityStore",
+    "History",
     "Pipeline",
     "RETAIL",
     "RuleBook",
