@@ -473,6 +473,10 @@ MISTAKES: dict[str, tuple[list[d.Field], str]] = {
     "derived with a missing input": (
         [_field("per_visit", "float", d.Derived(("app_time_s", "visits"), _avg))],
         "field 'per_visit': derived from 'visits', which is not a declared field"),
+    "derived from a field written after the folds": (
+        [_field("ltv_eur", "money", d.Derived(("lifetime_value",), lambda lifetime_value: 1))],
+        "field 'ltv_eur': derived from 'lifetime_value', which is written after the folds "
+        "(by c360's logic)"),
     "sum of a str attribute": ([_field("reason_sum", "float", d.Sum("returns_detail", "reason"))],
                                "field 'reason_sum': a sum fold needs a number, but "
                                "returns_detail.reason is str"),

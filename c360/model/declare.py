@@ -441,6 +441,7 @@ def _check(model: EntityModel) -> None:
                 if (f.entity, name) not in declared:
                     raise ModelError(f"field {f.name!r}: derived from {name!r}, which is not a "
                                      "declared field")
+                _check_late_input(f, declared[(f.entity, name)])
     _check_cycles(model)
 
 
@@ -476,6 +477,21 @@ def _check_fold(where: str, f: Field, fold: Fold, s: Stream) -> None:
         raise ModelError(f"{where}: a window is at least 1 day, not {fold.days}")
     if isinstance(fold, Decayed) and not fold.half_life > timedelta(0):
         raise ModelError(f"{where}: the half-life must be more than 0")
+
+
+def _check_late_input(f: Field, source: Field) -> None:
+    """A derived field runs in its stream's fold; a field written after the fold, by the
+    logic, the windows, the rules or the segments (a Custom field with a "(...)" source),
+    is not there yet, so the derived field would never be set (measured: a derived copy
+    of lifetime_value, loyalty_tier or spend_30d stayed None for all 20 customers of a
+    simulated shop)."""
+    fold = source.fold
+    if isinstance(fold, Custom):
+        late = [s.strip("()") for s in fold.sources if s.startswith("(")]
+        if late:
+            raise ModelError(f"field {f.name!r}: derived from {source.name!r}, which is "
+                             f"written after the folds (by c360's {late[0]}), so it would never "
+                             "be read; derive from the fields it is made of, or declare a fold")
 
 
 def _check_cycles(model: EntityModel) -> None:
