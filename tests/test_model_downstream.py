@@ -188,6 +188,15 @@ def test_a_store_given_a_model_exports_that_models_columns(tmp_path: Path) -> No
     assert "fraud_score" not in pd.read_parquet(_store().export(tmp_path / "r.parquet"))
 
 
+def test_a_store_takes_the_pipelines_model_unless_it_was_given_its_own() -> None:
+    store = EntityStore()
+    store.use_model(MINE)
+    assert store.model is MINE and SyncServer(store, TokenBook()).pii_fields == MINE.pii_fields
+    own = EntityStore(model=RETAIL)
+    own.use_model(MINE)
+    assert own.model is RETAIL
+
+
 def test_a_value_that_does_not_fit_its_declared_dtype_keeps_pandas_dtype_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = _store()

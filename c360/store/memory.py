@@ -143,13 +143,21 @@ class EntityStore:
 
     @property
     def model(self) -> EntityModel:
-        """The entity model of this store's entities: the one given, else the retail model
-        (imported on first use: a store alone does not need the retail folds)."""
-        if self._model is None:
-            from c360.models.retail import RETAIL
+        """The entity model of this store's entities: the one given (or used, see
+        :meth:`use_model`), else the retail model (imported on first use: a store alone
+        does not need the retail folds)."""
+        if self._model is not None:
+            return self._model
+        from c360.models.retail import RETAIL
 
-            self._model = RETAIL
-        return self._model
+        return RETAIL
+
+    def use_model(self, model: EntityModel) -> None:
+        """The model of the pipeline that writes into this store, unless the store was
+        given a model of its own: ``Pipeline(model=mine)`` makes the store's export and the
+        sync server over it read ``mine`` without the caller passing it twice."""
+        if self._model is None:
+            self._model = model
 
     # -- writing (the dataflow's sink) ------------------------------------------------------
     def apply(self, deltas: Iterable[Delta | Lifecycle]) -> None:
