@@ -11,9 +11,9 @@ nb = new_notebook(cells=[
     md("""# Bring your own streams
 
 Your shop has topics c360 has never heard of. Here the mobile app sends one event per session
-to its own topic, keyed by `user_id`, and you want two numbers on every customer:
-**app sessions in the last 7 days** and **returns in the last 30 days, by reason** (returns
-are one of the retail streams c360 already reads).
+to its own topic, with the customer in `user_id` and the time in `ts`, and you want two
+numbers on every customer: **app sessions in the last 7 days** and **returns in the last 30
+days, by reason** (returns are one of the retail streams c360 already reads).
 
 You do not fork c360 for that: you *declare* the stream and the two fields in Python, extend
 the retail model with them, and give the model to the pipeline. This notebook does it on an
@@ -35,15 +35,18 @@ broker = c360.EmbeddedBroker().start()
 settings = c360.Settings.from_env().with_bootstrap(broker.bootstrap)"""),
     md("""## Declare the stream and the fields
 
-A stream is a name, its fields and their types, and which field is the customer. Every event
-also carries `event_id` (duplicates share it and are applied once) and its `event_time`.
+A stream is a name, its fields and their types, and which fields are the customer (`key=`)
+and the event time (`time=`), as the app names them. Every event also carries `event_id`
+(duplicates share it and are applied once). Inside c360 the key and the time read as
+`customer_id` and `event_time`, as for every other stream.
 
 A field is a name, a type, a **fold** (how events make the value) and one line saying what it
 means. `Windowed` counts events (or sums a value) over the last N calendar days of event
 time; `by=` keeps one number per key, a map. `where=` picks the events that count: a return
 is counted when it is requested, not again when its status changes."""),
     code("""sessions = d.stream("app_sessions",
-                    {"session_id": str, "device": str, "duration_s": float}, key="user_id")
+                    {"session_id": str, "device": str, "duration_s": float},
+                    key="user_id", time="ts")
 
 model = c360.RETAIL.extend(name="retail+app", streams=[sessions], fields=[
     d.Field("sessions_7d", "int", d.Windowed("app_sessions", days=7),
@@ -64,9 +67,9 @@ except ModelError as exc:
     print(exc)"""),
     md("""## Forty days of sessions and returns, through Kafka
 
-Twenty customers; the app's events are JSON as the app would send them (`user_id`, not
-`customer_id`), the returns are the retail stream's events. A few sessions arrive late (after a
-newer one of the same customer), and one is sent twice."""),
+Twenty customers; the app's events are JSON as the app would send them (`user_id` and
+`ts`), the returns are the retail stream's events. A few sessions arrive late (after a newer
+one of the same customer), and one is sent twice."""),
     code("""START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 rng = random.Random(7)
 customers = [f"cust-{n:02d}" for n in range(20)]
@@ -80,14 +83,14 @@ app = []
 for n in range(300):
     cid = rng.choice(customers)
     t = at(rng.uniform(0, 40))
-    app.append({"event_id": f"s{n}", "user_id": cid, "event_time": t.isoformat(),
+    app.append({"event_id": f"s{n}", "user_id": cid, "ts": t.isoformat(),
                 "session_id": f"x{n}", "device": rng.choice(["ios", "android", "web"]),
                 "duration_s": round(rng.uniform(10, 1200), 1)})
-app.sort(key=lambda e: e["event_time"])
+app.sort(key=lambda e: e["ts"])
 for i in range(290, 0, -30):  # late: an older session of the customer, sent just after
     e = app[i]
-    older = datetime.fromisoformat(e["event_time"]) - timedelta(minutes=rng.randrange(5, 40))
-    app.insert(i + 1, {**e, "event_id": e["event_id"] + "L", "event_time": older.isoformat()})
+    older = datetime.fromisoformat(e["ts"]) - timedelta(minutes=rng.randrange(5, 40))
+    app.insert(i + 1, {**e, "event_id": e["event_id"] + "L", "ts": older.isoformat()})
 app.append(app[42])  # a duplicate
 
 returns = []
@@ -132,7 +135,7 @@ last 7 days are April 3 to 9 and the last 30 are March 11 to April 9. Duplicates
 and a return counts once, when it is requested."""),
     code("""as_of = pd.Timestamp(store.as_of)
 s = pd.DataFrame(app).drop_duplicates("event_id")
-s["event_time"] = pd.to_datetime(s["event_time"], utc=True)
+s["event_time"] = pd.to_datetime(s["ts"], utc=True)
 r = pd.DataFrame([{"customer": e.customer_id, "reason": e.reason, "status": e.status,
                    "event_time": e.event_time} for e in returns])
 r["event_time"] = pd.to_datetime(r["event_time"], utc=True)
