@@ -46,12 +46,12 @@ from c360.errors import ModelError
 from c360.model.events import CustomerEvent, Event, Id, Stream, Time
 
 # The types a field can have, and how the export and the dashboard read them.
-FieldType = Literal["int", "float", "money", "share", "str", "bool", "time", "list", "map",
-                    "record"]
+FieldType = Literal["int", "float", "money", "share", "str", "bool", "time", "date", "list",
+                    "map", "record"]
 TYPES: tuple[str, ...] = get_args(FieldType)
 NUMERIC = frozenset({"int", "float", "money", "share"})
 # pandas dtypes of the export's columns (lists and maps are not columns; records are
-# flattened to parent.child columns).
+# flattened to parent.child columns; a date stays a Python date, pandas having no date dtype).
 DTYPES: dict[str, str] = {"int": "Int64", "float": "float64", "money": "float64",
                           "share": "float64", "str": "string", "bool": "boolean",
                           "time": "datetime64[ns, UTC]"}

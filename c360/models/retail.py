@@ -175,7 +175,7 @@ CUSTOMER: tuple[Field, ...] = (
        "Event time of the customer's first event", label="First seen"),
     _f("last_seen", "time", "(logic)", "first_logic: latest event time",
        "Event time of the customer's latest event", label="Last seen"),
-    _f("as_of_day", "time", "(windows)",
+    _f("as_of_day", "date", "(windows)",
        "the day (a date) of the latest event time, or of the sweep that aged it",
        "The day the windows and scores are read at", label="As of (day)"),
     _f("spend_1d", "money", "payments (windows)", "daily buckets, cents exact",
@@ -247,13 +247,8 @@ PRODUCT: tuple[Field, ...] = (
     _p("total_stock", "int", "inventory", "sum of stock", "Units in stock, all stores"),
 )
 
-# A field name is declared once per model whatever its entity (c360.model.declare._check):
-# the product's name and gender share the customer's names, so they wait here, declared,
-# until the check keys fields by (entity, name). tests/test_model_reference.py holds them
-# to the fold (and fails, strictly, once they can join).
-PENDING: tuple[Field, ...] = tuple(
-    f for f in PRODUCT if f.name in {c.name for c in CUSTOMER})
-FIELDS: tuple[Field, ...] = (*CUSTOMER, *(f for f in PRODUCT if f not in PENDING))
+# A name is one field per entity kind: the product's name and gender are not the customer's.
+FIELDS: tuple[Field, ...] = (*CUSTOMER, *PRODUCT)
 
 RETAIL = EntityModel("retail", STREAMS, FIELDS)
 

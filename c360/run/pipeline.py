@@ -122,6 +122,7 @@ class Pipeline:
             rule_book=self.rules, segment_book=self.segments,
             folds=FOLDS if model is None else compile_folds(self.model),
             age=None if model is None else compile_aging(self.model))
+        check_names(self.model, self.rules, self.segments)
         self.analytics = analytics
         self.addresses = addresses or []
         self.process_id = process_id
@@ -139,7 +140,7 @@ class Pipeline:
         return self.segments.segment(name, fields=fields)
 
     def build(self) -> Dataflow:
-        # TODO(lead): check_names(self.model, self.rules, self.segments) once RETAIL is whole
+        check_names(self.model, self.rules, self.segments)  # rules added since init too
         self.settings.require_bootstrap()
         self.rules.products.clear()  # a run starts from its own products, not an earlier run's
         wired = kafka_flow(self.settings, self.store, catalogue=self.catalogue,
