@@ -150,7 +150,7 @@ def test_the_export_types_every_declared_column_as_the_model_declares_it(
     if suffix == ".parquet":
         df = pd.read_parquet(path)
         # Every declared scalar field is a column, of its declared dtype: also a field empty
-        # everywhere (email) or that no entity has (phone, spend_7d, as_of_day...).
+        # everywhere (email) or that no entity has (phone, spend_7d, churn_risk...).
         assert {c: str(df[c].dtype) for c in declared} == declared
         assert df["email"].isna().all() and df["phone"].isna().all()
     else:
@@ -179,6 +179,15 @@ def test_the_typed_export_equals_pandas_reading_the_jsonl_export_with_declared_d
         want[name] = (pd.to_datetime(column, utc=True).astype(dtype)
                       if dtype.startswith("datetime64") else column.astype(dtype))
     pd.testing.assert_frame_equal(got[list(want.columns)].reset_index(drop=True), want)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_an_empty_store_exports_the_declared_columns(tmp_path: Path, suffix: str) -> None:
+    path = EntityStore().export(tmp_path / f"empty{suffix}")
+    df = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    assert len(df) == 0 and set(RETAIL.dtypes("customer")) <= set(df.columns)
+    if suffix == ".parquet":
+        assert {c: str(df[c].dtype) for c in RETAIL.dtypes()} == RETAIL.dtypes()
 
 
 def test_a_store_given_a_model_exports_that_models_columns(tmp_path: Path) -> None:

@@ -306,8 +306,10 @@ class EntityStore:
         if self.as_of is not None:
             df["as_of"] = self.as_of
         df = df.rename(columns={"id": f"{kind}_id"}).sort_values(f"{kind}_id")
-        # Tables hold scalars; lists and nested records stay in the .jsonl export.
-        nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (list, dict))).any()]
+        # Tables hold scalars; lists and nested records stay in the .jsonl export. Only an
+        # object column can hold them (a typed column's map() may keep its dtype).
+        nested = [c for c in df.columns if df[c].dtype == object
+                  and df[c].map(lambda v: isinstance(v, (list, dict))).any()]
         df = df.drop(columns=nested)
         if suffix == ".csv":
             df.to_csv(path, index=False)
