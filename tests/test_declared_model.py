@@ -28,21 +28,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pandas as pd
 import pytest
 from confluent_kafka import Producer
 
 from c360.config import REPO_ROOT, Settings
 from c360.dev.broker import EmbeddedBroker
-from c360.entity.derive import EntityHooks
 from c360.errors import ModelError
 from c360.model import declare as d
 from c360.models.retail import RETAIL
-from c360.run.pipeline import Pipeline
-from c360.store.memory import EntityStore
+
+if TYPE_CHECKING:  # imported where used: `c360 run --model tests.test_declared_model:...`
+    # imports this module, and these (bytewax, pandas) were 5 of its 7 s on a loaded machine
+    import pandas as pd
+
+    from c360.run.pipeline import Pipeline
+    from c360.store.memory import EntityStore
 
 START = datetime(2026, 3, 10, tzinfo=timezone.utc)
 DAYS = 40
@@ -194,6 +197,8 @@ def generate(seed: int = 16) -> list[Record]:
 
 def frames(records: Iterable[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The distinct events of each stream as the fold reads them (one row per event id)."""
+    import pandas as pd
+
     rows: dict[str, list[dict[str, Any]]] = {"app_sessions": [], "returns_detail": []}
     for r in records:
         v = dict(r.value)
@@ -231,6 +236,8 @@ def oracle(sessions: pd.DataFrame, returns: pd.DataFrame,
            now: pd.Timestamp | None) -> dict[str, dict[str, Any]]:
     """Every declared field of every customer, in pandas. ``now``: the time the windows and
     decay are read at (None: each customer's own latest event time, over both streams)."""
+    import pandas as pd
+
     both = pd.concat([sessions[["customer_id", "event_time"]],
                       returns[["customer_id", "event_time"]]])
     latest = both.groupby("customer_id")["event_time"].max()
@@ -339,6 +346,8 @@ def topics_of(broker: EmbeddedBroker, **options: Any) -> Settings:
 
 def produce(settings: Settings, records: Iterable[Record], model: d.EntityModel = MODEL) -> int:
     """The records as JSON to their stream's topics, keyed by entity id; how many."""
+    from c360.run.pipeline import Pipeline
+
     pipeline = Pipeline(settings, model=model)
     pipeline.ensure_topics()
     producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 5})
@@ -352,6 +361,8 @@ def produce(settings: Settings, records: Iterable[Record], model: d.EntityModel 
 
 
 def run(settings: Settings, **options: Any) -> tuple[Pipeline, EntityStore]:
+    from c360.run.pipeline import Pipeline
+
     pipeline = Pipeline(settings, model=MODEL, idle_timeout=IDLE, **options)
     return pipeline, pipeline.run()
 
@@ -366,10 +377,21 @@ def in_order(broker: EmbeddedBroker, records: list[Record], cli_export: Any,
              bad_model_runs: Any) -> tuple[Pipeline, EntityStore]:
     """The events roughly in event time order (late ones within the hour allowed), 2
     partitions, one worker, default lateness and aging. (The ``c360`` children of the CLI
-    tests are started first, to run beside it.)"""
+    tests are started first, to run beside it.) Two malformed sessions are sent too."""
     settings = topics_of(broker)
-    produce(settings, records)
+    produce(settings, [*records, *MALFORMED])
     return run(settings)
+
+
+# Sessions the app's schema refuses: they go to the dead-letter topic, saying why.
+MALFORMED = [
+    Record("app_sessions", "cust-01", {"event_id": "bad1", "user_id": "cust-01",
+                                       "session_id": "b1", "device": "ios", "duration_s": 3.0},
+           0.0),
+    Record("app_sessions", "cust-02", {"event_id": "bad2", "user_id": "cust-02",
+                                       "ts": "2026-03-20T10:00:00Z", "session_id": "b2",
+                                       "device": "ios", "duration_s": "long"}, 0.0),
+]
 
 
 def test_the_events_exercise_what_they_should(records: list[Record]) -> None:
@@ -402,6 +424,12 @@ def test_every_declared_field_equals_pandas_as_of_the_end_of_input(
     expected = oracle(sessions, returns, end)
     assert len(expected) == 30
     assert differences(store, expected) == []
+    from tests.factories import read_dlq
+
+    dead = read_dlq(pipeline.settings, pipeline.catalogue.dlq_topic, 2, timeout=30)
+    assert sorted(r["reason"] for r in dead) == [
+        "invalid app_sessions event: Expected `float`, got `str` - at `$.duration_s`",
+        "invalid app_sessions event: Object missing required field `ts`"]
     # The cases are exercised: empty windows, a tie, both kinds of customer.
     cust = store["cust-03"]
     assert [s["device"] for s in cust["recent_sessions"][:2]] == ["android", "ios"]  # the tie
@@ -436,6 +464,8 @@ def test_with_aging_off_windows_and_decay_are_as_of_each_customers_latest_event(
     are produced first, newest first, then the rest in order.)"""
     settings = topics_of(broker, allowed_lateness_s=60 * 86_400)
     produce(settings, [*reversed(records[-200:]), *records[:-200]])
+    from c360.entity.derive import EntityHooks
+
     pipeline, store = run(settings, hooks=EntityHooks(sweep_per_batch=0))
     assert pipeline.as_of is None and store.as_of is None
     sessions, returns = frames(records)
@@ -443,6 +473,12 @@ def test_with_aging_off_windows_and_decay_are_as_of_each_customers_latest_event(
 
 
 # -- modelling mistakes: one line naming the field -------------------------------------------
+
+def _pipeline(settings: Settings, **options: Any) -> Pipeline:
+    from c360.run.pipeline import Pipeline
+
+    return Pipeline(settings, **options)
+
 
 def _field(name: str, type_: str, fold: Any) -> d.Field:
     return d.Field(name, type_, fold, "a field of the test")
@@ -501,7 +537,7 @@ def test_a_modelling_mistake_is_one_line_naming_the_field(mistake: str) -> None:
     assert "\n" not in message
     assert message.startswith(says), message
     with pytest.raises(ModelError) as again:  # the pipeline refuses it at start, as check does
-        Pipeline(Settings(), model=model)
+        _pipeline(Settings(), model=model)
     assert str(again.value) == message
 
 
