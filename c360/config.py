@@ -169,6 +169,13 @@ class Settings:
     # quiet topic adds at most this to the latency of the others.
     partition_idle_ms: int = 500
     align_max: int = 20_000  # messages buffered per topic partition before it is paused
+    # A development-broker choice (C360_SIMULATE_INGEST=1): the simulator (`c360 simulate`,
+    # `c360 demo`) produces every stream to the mixed ingest topic instead of one topic per
+    # stream. On the embedded broker, whose cost is per partition batch, it is the layout with
+    # the lowest floor measured (a bare consumer reading it alone at 10k events/s: p50 15-23 ms
+    # vs 40-69 ms for one topic per stream; docs/benchmarks.md, "The floor per layout"). A real
+    # cluster keeps one topic per stream.
+    simulate_ingest: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -202,6 +209,7 @@ class Settings:
             allowed_lateness_s=_int_env("C360_ALLOWED_LATENESS_S", 3600, minimum=0),
             partition_idle_ms=_int_env("C360_PARTITION_IDLE_MS", 500, minimum=0),
             align_max=_int_env("C360_ALIGN_MAX", 20_000, minimum=10),
+            simulate_ingest=_int_env("C360_SIMULATE_INGEST", 0, minimum=0, maximum=1) == 1,
         )
 
     def with_bootstrap(self, bootstrap: str, origin: str = "bootstrap") -> Settings:
@@ -228,6 +236,25 @@ class Settings:
         """Base kafka-python config: bootstrap servers plus security settings."""
         return {"bootstrap_servers": self.require_bootstrap().split(","),
                 **self.security.kafka_python()}
+
+
+def paced_linger_ms(rate: float) -> int:
+    """The producer linger (ms) for events produced at ``rate`` per second over one topic per
+    stream (17 topics x 2 partitions): 5 ms under 1,000 events/s, else ``rate / 200`` from
+    20 to 100 ms (2k: 20 ms, 10k: 50 ms, 20k: 100 ms).
+
+    Why (docs/benchmarks.md, "The floor per layout"; a bare consumer on the embedded broker,
+    shared 2 cores at load 7-17, p50 over repeated runs): the broker's cost is per partition
+    batch, not per event. At 10k events/s a 5 ms linger makes thousands of one-event batches
+    a second over 34 partitions and the broker falls seconds behind (p50 1.3-3.8 s); 50 ms
+    gives p50 40-69 ms (100 ms: 69-90; 200 ms: 151-156). At 2k, 5 ms: p50 0.2-3.3 s, 20 ms:
+    25-125 ms; at 1k, 5 ms: 15 or 472 ms, 20 ms: 28-32 ms; at 500/s 5 ms is better (18-24
+    vs 34-38 ms). Each event waits at most the linger in the producer; a real cluster takes
+    the same batches happily.
+    """
+    if rate < 1000:
+        return 5
+    return int(max(20.0, min(100.0, rate / 200)))
 
 
 def producer_config(settings: Settings, **overrides: str | int) -> dict[str, str]:

@@ -21,7 +21,7 @@ import msgspec
 
 from benchmarks.harness.common import child_env
 from benchmarks.harness.data import SENTINEL_PREFIX, START, sentinel
-from c360.config import Settings
+from c360.config import Settings, paced_linger_ms
 from c360.dev.simulator import generate
 from c360.model.events import Catalogue, Event, encode
 from c360.topics.admin import create_topics
@@ -71,8 +71,10 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
     from confluent_kafka import Producer
 
     cat = Catalogue(prefix)
+    # The linger the simulator uses at this rate (c360.config.paced_linger_ms): with 1 ms
+    # the embedded broker fell seconds behind at 10k events/s (docs/benchmarks.md).
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                         "linger.ms": 1})
+                         "linger.ms": paced_linger_ms(rate)})
     total = int(rate * seconds)
     # The simulator opens with its product catalogue (every product once, no customer):
     # a live store has that already, and a short run would otherwise see no customer.

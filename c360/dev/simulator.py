@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from c360.config import Settings
+from c360.config import Settings, paced_linger_ms
 from c360.errors import BrokerError, ConfigError
 from c360.model import events as ev
 from c360.model.events import Catalogue, Event, encode
@@ -1126,8 +1126,12 @@ def _produce(settings: Settings, sim: Simulation, *, rate: float, events: int | 
              duration: float | None, stop: threading.Event | None, bar: Any
              ) -> SimulationReport:
     catalogue = Catalogue(settings.topic_prefix)
-    create_topics(settings, [*catalogue.topics, catalogue.dlq_topic])
-    topics = {s.name: s.topic for s in catalogue.streams}
+    mixed = settings.simulate_ingest  # every stream to the mixed ingest topic (dev broker)
+    create_topics(settings, [*catalogue.topics, catalogue.dlq_topic,
+                             *([catalogue.ingest_topic] if mixed else [])])
+    topics = {s.name: catalogue.ingest_topic if mixed else s.topic for s in catalogue.streams}
+    # On the ingest topic a record names its stream (Catalogue's envelope): a last field.
+    named = {s.name: b',"stream":"' + s.name.encode() + b'"}' for s in catalogue.streams}
     producer = _producer(settings, rate)
     failures: list[BaseException] = []
     counts = dict.fromkeys(topics, 0)
@@ -1152,7 +1156,10 @@ def _produce(settings: Settings, sim: Simulation, *, rate: float, events: int | 
                 if ahead > 0.001 and _wait(ahead, stop):
                     break
             stream, key, event = next(items)
-            producer.send(topics[stream], value=encode(event),
+            value = encode(event)
+            if mixed:
+                value = value[:-1] + named[stream]
+            producer.send(topics[stream], value=value,
                           key=key.encode()).add_errback(failures.append)
             counts[stream] += 1
             n += 1
@@ -1201,8 +1208,9 @@ def _producer(settings: Settings, rate: float) -> KafkaProducer:
 
     # Every new batch wakes kafka-python's sender thread, and the two threads then fight
     # over the GIL: flat out, a long linger (big batches) nearly doubles throughput.
-    # Paced runs keep the linger short, so that the live demo sees events at once.
-    linger_ms = 200 if rate == 0 else int(min(200, max(5, rate / 100)))
+    # Paced runs linger as long as the broker needs batches to keep up, and no longer
+    # (paced_linger_ms: 20 ms at 2k events/s, 50 ms at 10k; it was rate / 100, 100 ms at 10k).
+    linger_ms = 200 if rate == 0 else paced_linger_ms(rate)
     if importlib.util.find_spec("crc32c") is None:
         log.info("kafka-python checksums record batches in pure Python: `pip install crc32c` "
                  "about doubles the simulator's throughput")
