@@ -564,6 +564,10 @@ def test_a_modelling_mistake_is_one_line_naming_the_field(mistake: str) -> None:
 def test_a_stream_declared_twice_or_badly_is_one_line() -> None:
     with pytest.raises(ModelError, match=r"^stream 'app_sessions' is declared twice$"):
         MODEL.extend(streams=[SESSIONS]).check()
+    with pytest.raises(ModelError, match=r"^stream 'pings': topic 'shop.app' is stream "
+                       r"'taps''s already; give each stream its own topic$"):
+        MODEL.extend(streams=[d.stream("taps", {"x": int}, topic="shop.app"),
+                              d.stream("pings", {"y": str}, topic="shop.app")]).check()
     with pytest.raises(ModelError, match=r"^stream 'app-sessions': a stream's name must be"):
         d.stream("app-sessions", {"device": str})
     with pytest.raises(ModelError, match=r"^stream 'pings': field 'user_id' is declared by key="):

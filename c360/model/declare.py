@@ -418,6 +418,15 @@ def _check(model: EntityModel) -> None:
         if s.name in streams:
             raise ModelError(f"stream {s.name!r} is declared twice")
         streams[s.name] = s
+    # One topic, one schema: the decoder picks the stream by topic, so a second stream on
+    # a topic would take every event of the first (decoded with its schema, or dead-lettered).
+    topics: dict[str, str] = {}
+    for s in model.streams:
+        if s.topic and s.topic in topics:
+            raise ModelError(f"stream {s.name!r}: topic {s.topic!r} is stream "
+                             f"{topics[s.topic]!r}'s already; give each stream its own topic")
+        if s.topic:
+            topics[s.topic] = s.name
     declared: dict[tuple[str, str], Field] = {}  # (entity kind, name): one name per entity
     for f in model.fields:
         where = f"field {f.name!r}" if f.entity == "customer" else f"{f.entity} field {f.name!r}"
