@@ -538,6 +538,12 @@ MISTAKES: dict[str, tuple[list[d.Field], str]] = {
     "derived cycle": ([_field("a", "float", d.Derived(("b",), lambda b: b)),
                        _field("b", "float", d.Derived(("a",), lambda a: a))],
                       "field 'a': derived from itself (a -> b -> a)"),
+    "a name of the store's own": ([_field("version", "int", d.Count("app_sessions"))],
+                                  "field 'version': the name is the store's own (the "
+                                  "entity's version)"),
+    "a name that is not an identifier": (
+        [_field("sessions 7d", "int", d.Windowed("app_sessions", days=7))],
+        "field 'sessions 7d': a field's name must be a Python identifier"),
     "unknown type": ([_field("sessions", "integer", d.Count("app_sessions"))],
                      "field 'sessions': unknown type 'integer'"),
     "no description": ([d.Field("sessions", "int", d.Count("app_sessions"), " ")],

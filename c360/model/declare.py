@@ -56,6 +56,11 @@ DTYPES: dict[str, str] = {"int": "Int64", "float": "float64", "money": "float64"
                           "share": "float64", "str": "string", "bool": "boolean",
                           "time": "datetime64[ns, UTC]"}
 
+# Keys the store and the export write beside the fields: a field of that name would be
+# overwritten by them (the entity's id, its kind, its version) or shadow the export's as_of.
+RESERVED = {"id": "the entity's id", "kind": "the entity's kind",
+            "version": "the entity's version", "as_of": "the export's as-of time"}
+
 Value = str | Callable[[Any], Any]  # an attribute of the event, or a function of it
 Where = Callable[[Any], bool] | None  # which events of the stream count (None: all)
 
@@ -433,6 +438,12 @@ def _check(model: EntityModel) -> None:
         if (f.entity, f.name) in declared:
             raise ModelError(f"{where} is declared twice (extend(..., replace=True) replaces)")
         declared[(f.entity, f.name)] = f
+        if f.name in RESERVED:
+            raise ModelError(f"{where}: the name is the store's own ({RESERVED[f.name]}); "
+                             "give the field another name")
+        if not f.name.isidentifier() or keyword.iskeyword(f.name):
+            raise ModelError(f"{where}: a field's name must be a Python identifier (derived "
+                             "fields take their inputs as keyword arguments)")
         if f.type not in TYPES:
             raise ModelError(f"{where}: unknown type {f.type!r}; use one of {', '.join(TYPES)}")
         if not f.description.strip():
