@@ -30,6 +30,7 @@ from c360.store.memory import EntityStore
 from c360.sync.auth import Scope
 from c360.sync.local import LocalReplica
 from dashboards.access import redact
+from dashboards.history import HistoryView
 from dashboards.live import ACCENT, PANEL_STYLE, _clock_ticks, _heading
 from dashboards.tables import PatchedTable
 from dashboards.text import (
@@ -256,6 +257,8 @@ class CustomerView(pn.viewable.Viewer):
         trend_map = hv.DynamicMap(trend, streams=[self.sentiment])
         self.result = pn.pane.Alert("", alert_type="light", visible=False,
                                     css_classes=["c360-command-result"], sizing_mode=STRETCH)
+        history = getattr(store, "history", None)  # a c360.History's store: the time slider
+        self.history_view = HistoryView(history, scope) if history is not None else None
         self._layout = pn.Column(
             pn.Row(self.picker, styles=PANEL_STYLE, sizing_mode=STRETCH),
             pn.Column(self.card, styles=PANEL_STYLE, sizing_mode=STRETCH, margin=(5, 8)),
@@ -277,6 +280,8 @@ class CustomerView(pn.viewable.Viewer):
                    self._box("Notes", self.tables["notes"].widget), sizing_mode=STRETCH),
             pn.Card(self.tables["fields"].widget, title="All fields", collapsed=True,
                     sizing_mode=STRETCH),
+            *([pn.Card(self.history_view, title="History: as of any version", collapsed=True,
+                       sizing_mode=STRETCH)] if self.history_view is not None else []),
             sizing_mode=STRETCH)
 
     @staticmethod
@@ -410,6 +415,8 @@ class CustomerView(pn.viewable.Viewer):
         self.sentiment.clear()
         self._sentiment_at = None
         self._shown = {}
+        if self.history_view is not None:
+            self.history_view.open(None)
 
     def refresh(self) -> bool:
         """Redraw what changed since the last look; False when nothing did."""
@@ -435,11 +442,14 @@ class CustomerView(pn.viewable.Viewer):
                     [self._wish(pid) for pid in self._shown.get("wishlist") or ()])
                 self._show_offer(self._shown, set())
             return False
-        entity = redact(raw, self.scope)
+        model = getattr(self.store, "model", None)  # a replica's store may have none
+        entity = redact(raw, self.scope, None if model is None else model.pii_fields)
         old = self._shown
         changed = {k for k, v in entity.items() if old and old.get(k) != v}
         first = not old
         self._draw(entity, changed, first)
+        if self.history_view is not None:
+            self.history_view.follow(eid)
         self._shown, self._version = entity, raw["version"]
         self.redraws += 1
         return True

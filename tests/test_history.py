@@ -27,6 +27,7 @@ from c360.errors import ConfigError, DataError
 from c360.model import events as ev
 from c360.model.events import Catalogue
 from c360.store.history import History
+from c360.store.memory import EntityStore
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
 KINDS = {name: s.entity_kind for name, s in Catalogue("c360.").by_name.items()}
@@ -288,3 +289,99 @@ def test_training_set_equals_a_pandas_point_in_time_computation_on_olist(
     assert (got.loc[both, "last_order_at"] == want.loc[both, "last_order_at"]).all()
     ahead = got["as_of_time"].notna()
     assert (got.loc[ahead, "as_of_time"] < got.loc[ahead, "time"]).all()
+
+
+# -- the time slider, in a real Chromium ------------------------------------------------------
+
+@pytest.mark.browser
+def test_the_time_slider_shows_the_customer_as_of_the_version_picked_in_chromium() -> None:
+    """dashboards/history.py served in this process; Chromium drags the slider's handle to
+    the start and back by keys, and the page shows each version's entity and event."""
+    import panel as pn
+    from playwright.sync_api import expect, sync_playwright
+
+    from c360.dev.broker import free_port
+    from c360.sync.auth import Scope
+    from dashboards.history import HistoryView
+    from tests.test_notebook_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    history = History()
+    hour = timedelta(hours=1)
+    _payments(history, ("c1", 0 * hour, 10.0), ("c1", hour, 5.0), ("c1", 2 * hour, 1.0))
+    views: list[HistoryView] = []
+
+    def app() -> HistoryView:
+        view = HistoryView(history, Scope(pii=True))
+        view.open("c1")
+        views.append(view)
+        return view
+
+    port = free_port()
+    server = pn.serve({"/": app}, port=port, address="127.0.0.1", show=False, threaded=True,
+                      websocket_origin=[f"127.0.0.1:{port}"])
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 800})
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded",
+                          timeout=60_000)
+                at, entity = page.locator(".c360-history-at"), page.locator(
+                    ".c360-history-entity")
+                expect(at).to_contain_text("Version 3 of 3: payments p2", timeout=60_000)
+                expect(entity).to_contain_text("16.0")
+                handle = page.locator(".c360-history-slider .noUi-handle")
+                box = page.locator(".c360-history-slider .noUi-base").bounding_box()
+                assert box is not None
+                handle.hover()
+                page.mouse.down()
+                page.mouse.move(box["x"] - 20, box["y"] + box["height"] / 2, steps=8)
+                page.mouse.up()
+                expect(at).to_contain_text("Version 0 of 3", timeout=30_000)
+                handle.focus()
+                page.keyboard.press("ArrowRight")
+                expect(at).to_contain_text("Version 1 of 3: payments p0", timeout=30_000)
+                expect(entity).to_contain_text("10.0")
+                expect(entity).not_to_contain_text("15.0")
+                page.keyboard.press("ArrowRight")
+                expect(at).to_contain_text("Version 2 of 3: payments p1", timeout=30_000)
+                expect(entity).to_contain_text("15.0")
+                assert views and views[-1].slider.value == 2
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+
+
+
+def test_the_customer_360_view_of_a_history_store_has_the_slider_and_follows_new_versions(
+        ) -> None:
+    from c360.sync.auth import Scope
+    from dashboards.customer import CustomerView
+
+    history = History()
+    shard = Shard(EntityHooks(allowed_lateness=LATENESS), allowed_lateness=LATENESS)
+
+    def pay(n: int, hours: int, amount: float) -> None:
+        t = START + timedelta(hours=hours)
+        e = ev.Payment(event_id=f"p{n}", event_time=t, customer_id="c1", order_id=f"o{n}",
+                       payment_date=t, method="card", amount=amount)
+        history.store.apply(shard.apply(_routed([("payments", "c1", e)]), first_logic)[0])
+
+    pay(1, 0, 10.0)
+    pay(2, 1, 5.0)
+    view = CustomerView(history.store, Scope(pii=True))
+    view.open("c1")
+    slider = view.history_view.slider if view.history_view is not None else None
+    assert slider is not None and slider.value == slider.end == 2
+    assert "Version 2 of 2" in view.history_view.at.object
+    pay(3, 2, 1.0)
+    assert view.refresh() and slider.value == slider.end == 3  # at the latest: it follows
+    slider.value = 1
+    shown = view.history_view.entity.object
+    assert "10.0" in shown and "15.0" not in shown
+    pay(4, 3, 1.0)
+    assert view.refresh() and slider.value == 1 and slider.end == 4  # moved back: it stays
+    view.open("nobody")
+    assert view.history_view.customer_id is None
+    assert CustomerView(EntityStore(), Scope(pii=True)).history_view is None
