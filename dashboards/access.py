@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from c360.errors import ConfigError
-from c360.sync.auth import Scope
+from c360.sync.auth import PII_FIELDS, Scope
 
 NARROW = Scope(name="narrow", pii=False, commands=[])
 FULL = Scope(name="full", pii=True, commands=["*"])
@@ -89,7 +89,10 @@ def scope_for(user: str | None, scopes: Mapping[str, Scope] | None = None,
     return scope if not scope.expired() else msgspec.structs.replace(NARROW, name=user)
 
 
-def redact(entity: Mapping[str, Any], scope: Scope) -> dict[str, Any]:
-    """The entity as ``scope`` may see it: fields outside it dropped, PII redacted."""
-    return {k: scope.shown(k, v) for k, v in entity.items()
+def redact(entity: Mapping[str, Any], scope: Scope,
+           pii_fields: frozenset[str] | None = None) -> dict[str, Any]:
+    """The entity as ``scope`` may see it: fields outside it dropped, PII (the model's
+    ``pii_fields``; default the retail model's) redacted."""
+    pii = PII_FIELDS if pii_fields is None else pii_fields
+    return {k: scope.shown(k, v, pii) for k, v in entity.items()
             if k == "version" or scope.allows_field(k)}

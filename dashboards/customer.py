@@ -442,7 +442,8 @@ class CustomerView(pn.viewable.Viewer):
                     [self._wish(pid) for pid in self._shown.get("wishlist") or ()])
                 self._show_offer(self._shown, set())
             return False
-        entity = redact(raw, self.scope)
+        model = getattr(self.store, "model", None)  # a replica's store may have none
+        entity = redact(raw, self.scope, None if model is None else model.pii_fields)
         old = self._shown
         changed = {k for k, v in entity.items() if old and old.get(k) != v}
         first = not old

@@ -441,9 +441,6 @@ def test_every_declared_field_equals_pandas_as_of_the_end_of_input(
                for e in store.entities()) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="Pipeline(model=...) does not hand its model to its "
-                   "store (EntityStore.use_model is never called, c360/run/pipeline.py "
-                   "__init__): the export's dtypes are the retail model's")
 def test_the_parquet_export_has_the_declared_columns_in_their_dtypes(
         in_order: tuple[Pipeline, EntityStore], tmp_path: Path) -> None:
     """The export reads the pipeline's model: every scalar declared field is a column of its

@@ -97,6 +97,9 @@ class Pipeline:
         self.settings = settings or Settings.from_env()
         self.store = store if store is not None else EntityStore()
         self.model = (model if model is not None else RETAIL).check()
+        # The store's export dtypes and a sync server's PII set follow the model folded
+        # into it (a store given its own model keeps it).
+        self.store.use_model(self.model)
         self.catalogue = Catalogue(self.settings.topic_prefix, self.model.streams)
         self.workers = workers
         self.logic = logic
