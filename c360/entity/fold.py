@@ -186,9 +186,10 @@ if v is not None:
 """
             else:
                 body = f"""\
-v = {value}
+k = {self._value(fold.by)}
+v = {value} if k is not None else None  # no key: not counted (as pandas' groupby drops it)
 if v is not None:
-    k = str({self._value(fold.by)})
+    k = str(k)
     sums = dict(aux.get({n}) or {{}})
     sums[k] = sums.get(k, 0) + {units}
     aux[{n}] = sums
@@ -229,14 +230,15 @@ if i < {fold.n}:
 """
         elif isinstance(fold, d.Decayed):
             hl = fold.half_life.total_seconds()
-            key = "''" if fold.by is None else f"str({self._value(fold.by)})"
+            key = "''" if fold.by is None else self._value(fold.by)
             body = f"""\
-v = {self._value(fold.value)}
+k = {key}
+v = {self._value(fold.value)} if k is not None else None
 if v is not None:
     st = aux.get({n})
     if st is None:
         st = aux[{n}] = [_anchor(ts, {hl!r}), {{}}]
-    k = {key}
+    k = str(k)
     st[1][k] = st[1].get(k, 0.0) + v * 2.0 ** ((ts - st[0]) / {hl!r})
 """
         elif isinstance(fold, d.Windowed | d.Monthly):
@@ -247,9 +249,11 @@ if v is not None:
             by = getattr(fold, "by", None)
             add = (f"b[x] = b.get(x, 0) + {units}" if by is None else
                    f"per = b.get(x)\n    if per is None:\n        per = b[x] = {{}}\n"
-                   f"    k = str({self._value(by)})\n    per[k] = per.get(k, 0) + {units}")
+                   f"    k = str(k)\n    per[k] = per.get(k, 0) + {units}")
+            key = "''" if by is None else self._value(by)
             body = f"""\
-v = {value}
+k = {key}
+v = {value} if k is not None else None
 if v is not None:
     b = aux.get({n})
     if b is None:

@@ -29,6 +29,9 @@ def load(spec: str) -> EntityModel:
     except ImportError as exc:
         raise ModelError(f"--model {spec!r}: cannot import {module_name} ({exc}); is it on "
                          "PYTHONPATH?") from None
+    except Exception as exc:  # the module itself failed: say where, in one line
+        raise ModelError(f"--model {spec!r}: importing {module_name} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     model = getattr(module, attr, None)
     if callable(model) and not isinstance(model, EntityModel):
         model = model()
