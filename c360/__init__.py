@@ -78,8 +78,8 @@ if TYPE_CHECKING:
     from c360.entity.segments import SegmentBook
     from c360.model.declare import EntityModel
     from c360.model.delta import Delta
-    from c360.models.retail import RETAIL
     from c360.model.events import encode
+    from c360.models.retail import RETAIL
     from c360.run.pipeline import Pipeline, run_until_idle
     from c360.store.history import History
     from c360.store.memory import EntityStore
