@@ -262,24 +262,25 @@ class _LiveWorker(LineChild):
 
 
 def live_cpu(rate: float, seconds: float, poll_wait: float | None,
-             customers: int = 5000) -> dict[str, Any]:
+             customers: int = 5000, ingest: bool = False) -> dict[str, Any]:
     """c360's dataflow live (``benchmarks.harness.paced``, section 4's layout: one topic per
     stream, 2 partitions): its process's CPU per event at a paced rate, with the source's
-    poll wait under load ``poll_wait`` (0: never wait, as before issue 18; None: default)."""
+    poll wait under load ``poll_wait`` (0: never wait, as before issue 18; None: default).
+    ``ingest``: the events go to the mixed ingest topic instead."""
     with EmbeddedBroker() as broker:
-        sentinels = prepare(broker.bootstrap, "live.")
+        sentinels = prepare(broker.bootstrap, "live.", ingest)
         worker = _LiveWorker({"bootstrap": broker.bootstrap, "prefix": "live.",
                               "partitions": PARTITIONS, "sentinels": sentinels}, poll_wait)
         try:
             worker.expect("READY")
             worker.send("GO")
-            produced = paced(broker.bootstrap, "live.", rate, seconds, customers)
+            produced = paced(broker.bootstrap, "live.", rate, seconds, customers, ingest)
             done = worker.expect("DONE")
             worker.stop()
         finally:
             worker.kill()
     applied = max(1, done["applied"])
-    return {"rate": rate, "seconds": seconds, "poll_wait": poll_wait,
+    return {"rate": rate, "seconds": seconds, "poll_wait": poll_wait, "ingest": ingest,
             "achieved_rate": produced["achieved_rate"], "applied": done["applied"],
             "cpu_s": done["cpu_s"], "wall_s": done["wall_s"],
             "cpu_us_per_event": round(1e6 * done["cpu_s"] / applied, 1),
@@ -301,6 +302,8 @@ def main() -> None:
     ap.add_argument("--poll-wait", default="default",
                     help="with --live: the source's poll waits to compare, in ms "
                          "(comma-separated; 0: never wait; default: POLL_WAIT)")
+    ap.add_argument("--ingest", action="store_true",
+                    help="with --live: produce to the mixed ingest topic")
     ap.add_argument("--out", help="append the JSON lines to this file")
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
@@ -310,7 +313,8 @@ def main() -> None:
         for rate in (float(r) for r in args.live.split(",")):
             for _ in range(args.repeat):
                 for wait in waits:  # interleaved: the machine's load hits both alike
-                    line = json.dumps(live_cpu(rate, args.seconds, wait))
+                    line = json.dumps(live_cpu(rate, args.seconds, wait,
+                                               ingest=args.ingest))
                     print(line, flush=True)
                     if args.out:
                         with open(args.out, "a") as f:

@@ -39,8 +39,14 @@ def templates(cat: Catalogue) -> dict[str, Event]:
     raise RuntimeError("the simulator did not produce every stream")
 
 
-def prepare(bootstrap: str, prefix: str) -> int:
-    """Create the topics and put one record on every stream topic partition.
+def _named(raw: bytes, stream: str) -> bytes:
+    """A record for the mixed ingest topic: it names its stream."""
+    return raw[:-1] + b',"stream":"' + stream.encode() + b'"}'
+
+
+def prepare(bootstrap: str, prefix: str, ingest: bool = False) -> int:
+    """Create the topics and put one record on every stream topic partition (``ingest``: and
+    on every partition of the mixed ingest topic, which the events then go to).
 
     The dataflow starts on partitions that already hold a record: started on empty ones,
     the embedded broker's consumer skipped records produced later. Returns the number of
@@ -61,13 +67,21 @@ def prepare(bootstrap: str, prefix: str) -> int:
             ev = msgspec.structs.replace(ev, event_id=entity, **{s.key_field: entity})
             producer.produce(s.topic, encode(ev), entity.encode(), partition=p)
             n += 1
+            if ingest and s.topic == cat.topics[0]:
+                ev = sentinel(s.key_field, template, cat.ingest_topic, p)
+                entity = getattr(ev, s.key_field).replace(SENTINEL_PREFIX, "~warm.", 1)
+                ev = msgspec.structs.replace(ev, event_id=entity, **{s.key_field: entity})
+                producer.produce(cat.ingest_topic, _named(encode(ev), stream), entity.encode(),
+                                 partition=p)
+                n += 1
     producer.flush(60)
     return n
 
 
 def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
-          customers: int) -> dict[str, Any]:
-    """Produce ``rate`` events/s for ``seconds``, event time = now; then the sentinels."""
+          customers: int, ingest: bool = False) -> dict[str, Any]:
+    """Produce ``rate`` events/s for ``seconds``, event time = now; then the sentinels.
+    ``ingest``: every event to the mixed ingest topic (after ``prepare(..., ingest=True)``)."""
     from confluent_kafka import Producer
 
     cat = Catalogue(prefix)
@@ -88,9 +102,12 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
         if ahead > 0.0005:
             time.sleep(ahead)
         stamped = msgspec.structs.replace(event, event_time=datetime.now(timezone.utc))
+        topic, value = cat.topic(stream), encode(stamped)
+        if ingest:
+            topic, value = cat.ingest_topic, _named(value, stream)
         while True:
             try:
-                producer.produce(cat.topic(stream), encode(stamped), key.encode())
+                producer.produce(topic, value, key.encode())
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -106,6 +123,13 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
             producer.produce(s.topic, encode(ev), getattr(ev, s.key_field).encode(),
                              partition=p)
             sentinels += 1
+            if ingest and s.topic == cat.topics[0]:  # as prepare: one per ingest partition
+                ev = msgspec.structs.replace(
+                    sentinel(s.key_field, template, cat.ingest_topic, p),
+                    event_time=datetime.now(timezone.utc))
+                producer.produce(cat.ingest_topic, _named(encode(ev), stream),
+                                 getattr(ev, s.key_field).encode(), partition=p)
+                sentinels += 1
     producer.flush(60)
     return {"produced": total, "produce_seconds": round(took, 2),
             "achieved_rate": round(total / took) if took > 0 else 0, "sentinels": sentinels}
