@@ -286,10 +286,14 @@ def test_it_paces_and_stops_when_told(settings: Settings) -> None:
     assert 0 < timed.events <= 0.5 * 400 + 1  # never ahead of the schedule, stops at 0.5 s
     assert timed.elapsed >= 0.5
 
+    # Unpaced and open-ended, it runs until told to stop, and then stops. (How many events
+    # it sends in 0.5 s is the machine's business: 613 on the loaded CI machine, where a
+    # bound of 1,000 failed.)
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     open_ended = simulate(settings, customers=10, rate=0, seed=2, progress=False, stop=stop)
-    assert open_ended.events > 1_000
+    assert stop.is_set() and open_ended.events > 0
+    assert open_ended.events == sum(open_ended.per_stream.values())
 
 
 def test_the_cli_simulates_into_the_configured_topics(settings: Settings) -> None:
