@@ -389,7 +389,8 @@ def _open(context: Any, base: str, path: str) -> Any:
     if path == "live":
         expect(page.locator(".c360-version")).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
     elif path == "app":
-        expect(page.locator(".c360-user, .c360-scope").first).to_be_visible(timeout=30_000)
+        # 90 s: on a machine running two CI suites at once the first render took over 30 s
+        expect(page.locator(".c360-user, .c360-scope").first).to_be_visible(timeout=90_000)
     else:
         expect(page.locator(".c360-pages")).to_be_visible(timeout=30_000)
     return page
