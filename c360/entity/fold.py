@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -385,7 +385,3 @@ def _scale(f: d.Field, fold: d.Fold) -> int:
         return 1
     return SCALE.get(f.type, 1_000_000)
 
-
-def folds_of(model: d.EntityModel | None) -> Mapping[str, StreamFold]:
-    """The compiled folds of ``model``; None: the hand-written retail folds as they are."""
-    return FOLDS if model is None else compile_folds(model)
