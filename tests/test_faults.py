@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.recovery import init_db_dir
 
 from c360.config import REPO_ROOT, Settings
-from c360.dev.broker import EmbeddedBroker
+from c360.dev.broker import EmbeddedBroker, _stop_watched, _watched
 from c360.dev.simulator import simulate
 from c360.entity.derive import EntityHooks
 from c360.errors import BrokerError
@@ -251,6 +252,39 @@ def test_broker_killed_and_not_restarted_ends_c360_run_with_a_broker_error(
 
 
 # F3 ----------------------------------------------------------------------------------------
+
+def test_the_watchdog_ends_with_its_process_and_stops_it_when_told() -> None:
+    """The broker's liveness is the broker's, not its watchdog shell's: a broker that exits
+    (one that could not bind its port, say) is seen as exited, with its own exit code."""
+    gone = _watched([sys.executable, "-c", "raise SystemExit(7)"], None)
+    assert gone.wait(30) == 7
+    told = _watched([sys.executable, "-c", "import time; time.sleep(60)"], None)
+    try:
+        assert told.poll() is None
+    finally:
+        _stop_watched(told)  # closes its stdin: the watchdog kills the child, then ends
+    assert told.returncode == 128 + signal.SIGTERM  # the shell's code for its child's end
+
+
+def test_a_restart_waits_for_the_killed_broker_to_free_its_port(tmp_path: Path) -> None:
+    """After SIGKILL the new broker must be the one listening: a restart on a port still held
+    is refused in one line rather than a probe reaching whatever holds it."""
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    try:
+        first = broker.pid
+        broker.restart()  # SIGKILL, then the same port
+        assert broker.pid != first and broker.alive()
+        own_settings(broker)  # the new broker answers: its topics are created
+        broker.stop()
+        with socket.socket() as holder:  # someone else takes the port meanwhile
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.bind(("127.0.0.1", broker.port))
+            holder.listen()
+            with pytest.raises(BrokerError, match="still in use"):
+                broker.start()
+    finally:
+        broker.stop()
+
 
 def test_memory_broker_restarted_then_the_old_recovery_dir_is_refused(tmp_path: Path) -> None:
     broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()

@@ -45,6 +45,27 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0,
     raise BrokerError(f"nothing is listening on {host}:{port} after {timeout:.0f}s")
 
 
+def wait_for_port_free(host: str, port: int, timeout: float = 15.0) -> None:
+    """Wait until ``host:port`` can be bound (as servers bind: TIME_WAIT is free).
+
+    Why: after SIGKILL the watchdog shell is reaped at once but the kernel may still be
+    tearing the broker down; a new broker on the same port then fails to bind while a
+    port probe finds the dying one (seen in CI: a restarted broker that was the old one).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise BrokerError(f"{host}:{port} is still in use {timeout:.0f}s after "
+                                      "its broker was stopped") from None
+        time.sleep(0.02)
+
+
 def check_port(port: int, what: str = "port", host: str = "127.0.0.1") -> int:
     """``port`` if it is a port number that nothing listens on here, else :class:`BrokerError`
     at once (a server started there would fail, or we would wait on someone else's)."""
@@ -66,8 +87,14 @@ def check_port(port: int, what: str = "port", host: str = "127.0.0.1") -> int:
 # The broker runs under a tiny shell that kills it when our end of its stdin
 # closes: on stop(), and also when this process dies however it dies (kill -9
 # included), so no broker is ever left behind. (Linux's parent-death signal is
-# not honoured in every sandbox; a closed pipe always is.)
-_WATCHDOG = '"$@" </dev/null & child=$!; read -r _; kill "$child" 2>/dev/null; wait "$child"'
+# not honoured in every sandbox; a closed pipe always is.) The shell itself waits
+# on the broker, so it exits when the broker does: `alive()` is the broker's
+# liveness, not the shell's (a broker that failed to bind used to leave the shell
+# reading, and a port probe then found the old broker still dying there). The
+# reader is a background job, whose stdin sh sets to /dev/null: it reads our pipe
+# on fd 3.
+_WATCHDOG = ('exec 3<&0; "$@" </dev/null 3<&- & child=$!; '
+             '{ read -r _ <&3; kill "$child" 2>/dev/null; } & exec 3<&-; wait "$child"')
 
 
 def tansu_binary() -> str:
@@ -143,6 +170,8 @@ class EmbeddedBroker:
     def start(self) -> EmbeddedBroker:
         if self._proc is None:  # a first start; a restart reuses the port it had
             check_port(self.port, "the embedded broker's port")
+        else:
+            wait_for_port_free("127.0.0.1", self.port)
         url = f"tcp://127.0.0.1:{self.port}"
         self._proc = _watched(
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
