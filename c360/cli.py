@@ -1,4 +1,4 @@
-"""The ``c360`` command: broker, simulate, replay, run, bench, and the commands of other
+"""The ``c360`` command: broker, simulate, replay, run, checkpoint, bench, and the commands of other
 packages (``demo`` comes with the dashboards).
 
 Other packages add commands through the entry-point group ``c360.commands`` (see
@@ -246,6 +246,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    from c360.model.events import Catalogue
+
+    settings = Settings.from_env()
+    topic = args.changes or Catalogue(settings.topic_prefix).changes_topic
+    check_topic_name(topic, "--changes")
+    settings = _cluster(args)
+
+    from c360.store.replica import replica_from_kafka
+
+    with replica_from_kafka(settings, topic=topic) as replica:
+        # Caught up: past the end the broker reports at the start, then nothing new for
+        # --idle seconds (the embedded broker reports the start of its last batch + 1).
+        ends = replica.reported_ends()
+        last, quiet_since = replica.records, time.monotonic()
+        while True:
+            time.sleep(0.05)
+            if replica.error is not None:
+                replica.stop()  # raises the replica's error, in one line
+            if replica.records != last:
+                last, quiet_since = replica.records, time.monotonic()
+            reached = all(o >= ends[p] for p, o in replica.positions().items())
+            if reached and time.monotonic() - quiet_since >= args.idle:
+                break
+        trailer = replica.checkpoint()
+    start = (f"from checkpoint {replica.started_from.checkpoint}, "
+             if replica.started_from is not None else "from offset 0, ")
+    print(f"checkpoint {trailer.checkpoint} of {topic}: {trailer.count} entities, "
+          f"{replica.checkpoint_bytes} bytes, covering the changes before offsets "
+          f"{trailer.offsets} ({start}{replica.records} changes read)")
+    return 0
+
+
 def bench_harness() -> Any:
     """The benchmark harness's runner. It lives in the source checkout's ``benchmarks/``,
     not in the wheel (it drives peers and the dashboards, which the library never imports),
@@ -372,7 +405,7 @@ class _Progress:
 
 # -- commands of other packages ------------------------------------------------------------
 PLUGIN_GROUP = "c360.commands"
-BUILT_IN = ("broker", "simulate", "replay", "run", "bench")
+BUILT_IN = ("broker", "simulate", "replay", "run", "checkpoint", "bench")
 # Commands the docs promise, from a package an installation may lack: which one.
 EXPECTED_PLUGINS = {"demo": "the dashboards"}
 
@@ -556,6 +589,20 @@ def build_parser(plugins: Mapping[str, Callable[[], PluginCommand]] | None = Non
                    help="progress on stderr: auto (default) redraws a line every second on a "
                         "terminal, else prints one every 10 s for --until-idle runs")
     u.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("checkpoint", help="publish a checkpoint that new replicas start from",
+                       description="Read the entity-changes topic (from its newest "
+                                   "checkpoint) until it is idle, then publish the whole "
+                                   "state read as a new checkpoint on TOPIC.checkpoints: a "
+                                   "new replica (c360.replica_from_kafka) loads it and reads "
+                                   "only the changes after it.")
+    c.add_argument("--changes", default=None, metavar="TOPIC",
+                   help="the changes topic (default: PREFIX + 'changes')")
+    c.add_argument("--idle", type=seconds(zero=False), default=3.0, metavar="SECONDS",
+                   help="caught up once nothing new came for this long (default 3)")
+    c.add_argument("--bootstrap", type=_bootstrap, default=None, metavar="HOST:PORT",
+                   help="Kafka bootstrap host:port (default: C360_KAFKA_BOOTSTRAP)")
+    c.set_defaults(func=_cmd_checkpoint)
 
     _add_plugins(sub, plugins)
 

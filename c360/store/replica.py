@@ -13,6 +13,11 @@ dataflow first emits each entity's whole state at its snapshot version (a reset,
 shadow copy that the replayed deltas update while the store (and its subscribers) keep
 the version they had; when the shadow passes it, one delta carries every field that
 differs. Subscribers therefore see versions only grow, never repeat, and end equal.
+
+A replica can publish a checkpoint (:meth:`ChangesReplica.checkpoint`): its whole state at a
+cut of the changes topic, on the companion topic of :func:`~c360.topics.changes.checkpoints_topic`.
+:func:`replica_from_kafka` starts from the newest whole checkpoint and reads the changes topic
+only after its cut (docs/scaling.md, "Replicas start from a checkpoint").
 """
 
 from __future__ import annotations
@@ -20,20 +25,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from c360.config import Settings
+from c360.config import Settings, producer_config
 from c360.errors import BrokerError, C360Error, DataError, StateFormatError
 from c360.model.delta import Delta, Lifecycle
 from c360.model.events import Catalogue
 from c360.store.memory import EntityStore
-from c360.topics.changes import RESET_STREAM, RUN_HEADER, decode_change
+from c360.topics.admin import create_topics
+from c360.topics.changes import (
+    CHECKPOINT_HEADER,
+    RESET_STREAM,
+    RUN_HEADER,
+    TRAILER_HEADER,
+    StateV1,
+    TrailerV1,
+    checkpoints_topic,
+    decode_change,
+    decode_checkpoint,
+    encode_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 _META = ("id", "kind", "version")
+# The stream of the deltas that load a checkpoint into a replica's store (one per entity).
+CHECKPOINT_STREAM = "checkpoint"
 
 
 class _Shadow:
@@ -121,22 +142,71 @@ class Materializer:
         """Entities whose replayed state has not yet passed the version shown."""
         return len(self._shadows)
 
+    def state_of(self, entity: dict[str, Any], checkpoint: str, run_version: int) -> StateV1:
+        """``entity`` (a copy of the store's) and what this materializer keeps of it."""
+        eid = entity["id"]
+        shadow = self._shadows.get(eid)
+        return StateV1(checkpoint, entity, eid in self._passing,
+                       shadow.version if shadow is not None else 0,
+                       dict(shadow.fields) if shadow is not None else {}, run_version)
+
+    def restore(self, states: list[StateV1], trailer: TrailerV1) -> None:
+        """Load a checkpoint: the store gets one delta per entity (stream ``checkpoint``) and
+        this materializer the bookkeeping, so later changes are decided as from offset 0."""
+        deltas = []
+        for st in states:
+            f = st.fields
+            eid, version = f["id"], f["version"]
+            self._versions[eid] = version
+            if st.passing:
+                self._passing.add(eid)
+            if st.shadow_version:
+                self._shadows[eid] = _Shadow(dict(st.shadow), st.shadow_version)
+            deltas.append(Delta(eid, f["kind"], version, trailer.taken_at, CHECKPOINT_STREAM,
+                                "", {k: v for k, v in f.items() if k not in _META}))
+        self.store.apply(deltas)
+        self.resets, self.repaired, self.dropped = (trailer.resets, trailer.repaired,
+                                                    trailer.dropped)
+        # The counters as a replica that read every change has them (not the load's deltas);
+        # set before the replica's thread starts, the only writer of this store.
+        store = self.store
+        store.events_by_stream.clear()
+        store.events_by_stream.update(trailer.stream_counts)
+        store.lifecycle_counts.clear()
+        store.lifecycle_counts.update(trailer.lifecycle_counts)
+        store.stale_deltas = trailer.stale_deltas
+
 
 class ChangesReplica:
     """An :class:`EntityStore` materialized from the entity-changes topic, in the background.
 
     Usable wherever a store is: ``c360.sync.SyncServer(replica.store)``, dashboards, notebooks.
-    It reads the topic from the beginning, so it rebuilds everything the dataflow published.
+    It reads the topic from the beginning, so it rebuilds everything the dataflow published;
+    with ``from_checkpoint`` it loads the newest whole checkpoint first (when there is one)
+    and reads the topic only after that checkpoint's cut (a store of every version,
+    :class:`~c360.store.history.History`, must not: it needs every change).
+    ``checkpoint_every``: publish a checkpoint after every that many changes read (0: never;
+    :meth:`checkpoint` publishes one when called).
     """
 
     def __init__(self, settings: Settings, store: EntityStore | None = None, *,
-                 topic: str | None = None) -> None:
+                 topic: str | None = None, from_checkpoint: bool = False,
+                 checkpoint_every: int = 0) -> None:
         self.settings = settings
         self.topic = topic or Catalogue(settings.topic_prefix).changes_topic
         self.store = store if store is not None else EntityStore()
         self.materializer = Materializer(self.store)
-        self.records = 0
+        self.from_checkpoint = from_checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.records = 0  # changes records read
+        self.checkpoint_records = 0  # checkpoint records read (all, not only the one loaded)
+        self.started_from: TrailerV1 | None = None  # the checkpoint loaded at start
+        self.last_checkpoint: TrailerV1 | None = None  # the last one this replica published
+        self.checkpoint_bytes = 0  # its size (the records' values)
         self.bad_records = 0
+        self._partitions: list[int] = []
+        self._positions: dict[int, int] = {}  # partition -> the next offset to read
+        self._checkpointed_at = 0  # self.records when the last periodic checkpoint was taken
         self.run_id: str | None = None  # the dataflow run whose records came last
         self.run_seen_at: dict[str, float] = {}  # run id -> when its first record was read
         self.run_versions: dict[str, int] = {}  # the latest run's top version per entity
@@ -162,8 +232,32 @@ class ChangesReplica:
             consumer.close()
             raise BrokerError(f"the entity-changes topic {self.topic!r} does not exist; run the "
                               "dataflow with changes on (c360 run --changes) first")
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                         for p in sorted(tmeta.partitions)])
+        self._partitions = sorted(tmeta.partitions)
+        self._positions = dict.fromkeys(self._partitions, 0)
+        try:
+            found = self._newest_checkpoint(cfg) if self.from_checkpoint else None
+            if found is not None:
+                self._check_not_truncated(consumer, found[1])
+        except BaseException:
+            consumer.close()
+            raise
+        if found is None:
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                             for p in self._partitions])
+        else:
+            states, trailer = found
+            self.materializer.restore(states, trailer)
+            self.run_id = trailer.run_id or None
+            if self.run_id is not None:
+                self.run_seen_at[self.run_id] = time.monotonic()
+            self.run_versions = {st.fields["id"]: st.run_version for st in states
+                                 if st.run_version}
+            self._positions = dict(zip(self._partitions, trailer.offsets, strict=True))
+            self.started_from = trailer
+            consumer.assign([TopicPartition(self.topic, p, o)
+                             for p, o in self._positions.items()])
+            log.info("replica of %s: checkpoint %s loaded (%d entities), reading from offsets "
+                     "%s", self.topic, trailer.checkpoint, trailer.count, trailer.offsets)
         self._consumer = consumer
         self._thread = threading.Thread(target=self._run, name="c360-replica", daemon=True)
         self._thread.start()
@@ -176,6 +270,13 @@ class ChangesReplica:
                 msgs = self._consumer.consume(5000, 0.1)
                 if msgs:
                     self._take(msgs)
+                every = self.checkpoint_every
+                if every and self.records - self._checkpointed_at >= every:
+                    self._checkpointed_at = self.records
+                    try:
+                        self.checkpoint()
+                    except C360Error as exc:  # the replica goes on; the next one may succeed
+                        log.warning("a periodic checkpoint failed: %s", exc)
         except C360Error as exc:  # surfaced by wait_for() and stop(), in one line
             self.error = exc
             log.error("%s", exc)
@@ -188,10 +289,12 @@ class ChangesReplica:
     def _take(self, msgs: list) -> None:
         changes: list[Delta | Lifecycle] = []
         now = time.monotonic()
+        positions = self._positions
         with self._lock:
             for m in msgs:
                 if m.error() is not None:
                     raise BrokerError(f"reading {self.topic}: {m.error()}")
+                positions[m.partition()] = m.offset() + 1
                 try:
                     c = decode_change(m.value())
                 except StateFormatError as exc:  # a whole topic of them, most likely: stop
@@ -216,6 +319,173 @@ class ChangesReplica:
                 changes.append(c)
             self.records += len(msgs)
             self.materializer.apply(changes)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self) -> TrailerV1:
+        """Publish this replica's whole state at the changes it has read so far, as one
+        checkpoint on ``checkpoints_topic(topic)``; returns its trailer.
+
+        The cut is taken under the replica's lock (copies of the entities: their values are
+        never mutated in place), then encoded and produced outside it, so the replica keeps
+        reading meanwhile. The trailer goes last, alone in its produce batch, after every
+        state record was acknowledged: a checkpoint interrupted before it is never used."""
+        if self._thread is None:
+            raise C360Error("start the replica before publishing a checkpoint")
+        cid = uuid.uuid4().hex[:12]
+        m, store = self.materializer, self.store
+        with self._lock:
+            offsets = [self._positions[p] for p in self._partitions]
+            states = [m.state_of(e, cid, self.run_versions.get(e["id"], 0))
+                      for e in store.entities(None)]
+            trailer = TrailerV1(cid, self.topic, len(states), offsets,
+                                datetime.now(timezone.utc), dict(store.events_by_stream),
+                                dict(store.lifecycle_counts), store.stale_deltas,
+                                self.run_id or "", m.resets, m.repaired, m.dropped)
+        topic = checkpoints_topic(self.topic)
+        create_topics(self.settings, [topic], partitions=1)
+        failures: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        # One request in flight: a retried batch never lands after a later one.
+        producer = Producer(producer_config(
+            self.settings, linger_ms=5, message_max_bytes=20_000_000,
+            max_in_flight_requests_per_connection=1,
+            queue_buffering_max_messages=10_000_000, queue_buffering_max_kbytes=4_194_304))
+        size = 0
+        # Partition 0 whatever the topic has: one checkpoint's records in one order.
+        header: list[tuple[str, str | bytes | None]] = [(CHECKPOINT_HEADER, cid.encode())]
+        for st in states:
+            raw = encode_checkpoint(st)
+            size += len(raw)
+            producer.produce(topic, raw, st.fields["id"].encode(), partition=0,
+                             headers=header, on_delivery=delivered)
+            producer.poll(0)
+        self._flush(producer, failures, cid)
+        raw = encode_checkpoint(trailer)
+        producer.produce(topic, raw, b"", partition=0,
+                         headers=[(TRAILER_HEADER, cid.encode())], on_delivery=delivered)
+        self._flush(producer, failures, cid)
+        self.checkpoint_bytes = size + len(raw)
+        self.last_checkpoint = trailer
+        log.info("checkpoint %s of %s: %d entities, %d bytes, offsets %s", cid, self.topic,
+                 len(states), self.checkpoint_bytes, offsets)
+        return trailer
+
+    @staticmethod
+    def _flush(producer: Producer, failures: list[str], cid: str) -> None:
+        left = producer.flush(60)
+        if left or failures:
+            raise BrokerError(f"checkpoint {cid} was not published ({left} records unsent; "
+                              f"{'; '.join(failures[:3]) or 'timed out'}); it will never be "
+                              "used: publish another")
+
+    def _newest_checkpoint(self, cfg: dict[str, str]
+                           ) -> tuple[list[StateV1], TrailerV1] | None:
+        """The newest whole checkpoint of this topic's partitions, or None.
+
+        Reads the checkpoints topic from its beginning to the end it reports at the start
+        (the embedded broker reports the start of the last batch + 1: the trailer goes alone
+        in its batch, so that is past the newest trailer), keeps the raw records of each
+        checkpoint until its trailer and decodes only the newest whole one."""
+        topic = checkpoints_topic(self.topic)
+        consumer = Consumer(cfg)
+        try:
+            meta = consumer.list_topics(topic, timeout=10)
+            tmeta = meta.topics.get(topic)
+            if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+                return None
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                                      cached=False)[1]
+                    for p in sorted(tmeta.partitions)}
+            pending = {p for p, end in ends.items() if end > 0}
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+            building: dict[bytes, list[bytes]] = {}
+            newest: tuple[list[bytes], TrailerV1] | None = None
+            quiet_since = time.monotonic()
+            while pending:
+                msgs = consumer.consume(5000, 0.5)
+                if not msgs and time.monotonic() - quiet_since > 60:
+                    raise BrokerError(f"reading {topic}: no records for 60 s before its end "
+                                      f"{ends}; is the broker up?")
+                quiet_since = time.monotonic() if msgs else quiet_since
+                for msg in msgs:
+                    if msg.error() is not None:
+                        raise BrokerError(f"reading {topic}: {msg.error()}")
+                    self.checkpoint_records += 1
+                    if (msg.offset() or 0) + 1 >= ends[msg.partition()]:
+                        pending.discard(msg.partition())
+                    headers = dict(msg.headers() or ())
+                    state_of, end_of = headers.get(CHECKPOINT_HEADER), headers.get(TRAILER_HEADER)
+                    if isinstance(state_of, bytes):
+                        building.setdefault(state_of, []).append(msg.value() or b"")
+                    elif isinstance(end_of, bytes):
+                        raws = building.pop(end_of, [])
+                        trailer = decode_checkpoint(msg.value())
+                        if self._usable(trailer, len(raws)):
+                            assert isinstance(trailer, TrailerV1)
+                            newest = (raws, trailer)
+                    else:
+                        self.bad_records += 1
+                        log.warning("skipped record %s/%s@%s: not a c360 checkpoint record",
+                                    topic, msg.partition(), msg.offset())
+        finally:
+            consumer.close()
+        if newest is None:
+            return None
+        raws, trailer = newest
+        states = [decode_checkpoint(r) for r in raws]
+        if not all(isinstance(st, StateV1) and st.checkpoint == trailer.checkpoint
+                   for st in states):
+            raise DataError(f"checkpoint {trailer.checkpoint} on {topic} holds records that "
+                            "are not its state records: start the replica without a "
+                            "checkpoint, or publish a new one")
+        return [st for st in states if isinstance(st, StateV1)], trailer
+
+    def _usable(self, trailer: StateV1 | TrailerV1, records: int) -> bool:
+        if not isinstance(trailer, TrailerV1):
+            return False
+        if trailer.count != records:
+            log.warning("checkpoint %s of %s is not whole (%d of %d state records read): "
+                        "not used", trailer.checkpoint, self.topic, records, trailer.count)
+            return False
+        if trailer.topic != self.topic or len(trailer.offsets) != len(self._partitions):
+            log.warning("checkpoint %s is of %s with %d partitions, not of %s with %d: not "
+                        "used", trailer.checkpoint, trailer.topic, len(trailer.offsets),
+                        self.topic, len(self._partitions))
+            return False
+        return True
+
+    def _check_not_truncated(self, consumer: Consumer, trailer: TrailerV1) -> None:
+        for p, offset in zip(self._partitions, trailer.offsets, strict=True):
+            low, _ = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10,
+                                                    cached=False)
+            if low > offset:
+                raise BrokerError(f"{self.topic} partition {p} starts at offset {low}, after "
+                                  f"the newest checkpoint's cut ({offset}): the changes "
+                                  "between them are gone; publish checkpoints more often "
+                                  "than the topic is truncated")
+
+    def positions(self) -> dict[int, int]:
+        """The next offset the replica reads, per partition of the changes topic (a copy)."""
+        with self._lock:
+            return dict(self._positions)
+
+    def reported_ends(self) -> dict[int, int]:
+        """The end offset the broker reports now, per partition: on a Kafka cluster the end,
+        on the embedded broker the start of its last batch + 1 (a lower bound: reaching it
+        is reaching the last batch)."""
+        consumer = Consumer({**self.settings.librdkafka(), "group.id": "c360-replica-unused"})
+        try:
+            return {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10,
+                                                      cached=False)[1]
+                    for p in self._partitions}
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the end offsets of {self.topic}: {exc}") from exc
+        finally:
+            consumer.close()
 
     def versions(self) -> dict[str, int]:
         """The version the replica shows, per entity (a copy)."""
@@ -258,6 +528,11 @@ class ChangesReplica:
 
 
 def replica_from_kafka(settings: Settings | None = None, store: EntityStore | None = None, *,
-                       topic: str | None = None) -> ChangesReplica:
-    """Start a store replica that follows the entity-changes topic; ``.store`` is the store."""
-    return ChangesReplica(settings or Settings.from_env(), store, topic=topic).start()
+                       topic: str | None = None, from_checkpoint: bool = True,
+                       checkpoint_every: int = 0) -> ChangesReplica:
+    """Start a store replica that follows the entity-changes topic; ``.store`` is the store.
+    It starts from the newest whole checkpoint when there is one (``from_checkpoint``) and
+    publishes one after every ``checkpoint_every`` changes read (0: never)."""
+    return ChangesReplica(settings or Settings.from_env(), store, topic=topic,
+                          from_checkpoint=from_checkpoint,
+                          checkpoint_every=checkpoint_every).start()
