@@ -1,9 +1,15 @@
 """The Olist replay: events from the real files, and the acceptance tests that the live
 dataflow gives every customer, and every global window, the same values as a pandas batch
 computation over the CSVs (c360.dev.olist.batch_customers / batch_windows), with 1 and 2
-workers, the default settings (1 h lateness, sweep on) and the real embedded broker.
+workers, the default settings (1 h lateness, sweep on) and the real embedded broker; and
+that the two runs give byte-identical exports and the same decisions (issue 13: the values
+must not depend on batches or on the interleaving of the 17 topics, which differ between 1
+and 2 workers, each worker polling its own partitions; ``benchmarks/event_time_oracle.py
+--runs 5`` does five runs and reports them).
 
-One replay is shared by the module's runs (CI time: a replay costs ~30 s)."""
+One replay is produced for the module, and folded twice: by the CLI with its defaults (one
+worker) and by a ``Pipeline`` with two workers. (CI time: a produce costs ~30 s and a fold
+~40 s; this module once produced twice and folded five times.)"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,8 @@ import msgspec
 import pandas as pd
 import pytest
 
-from benchmarks.event_time_oracle import RecordingStore  # the oracle script's recorder
+# The oracle script's recorder and topic reader: one of each for both.
+from benchmarks.event_time_oracle import RecordingStore, next_offsets, read_topic
 from c360 import cli
 from c360.config import REPO_ROOT, Settings
 from c360.dev.broker import EmbeddedBroker
@@ -43,6 +50,7 @@ from c360.entity import windows
 from c360.errors import DataError
 from c360.model import events as ev
 from c360.model.delta import Delta
+from c360.model.events import Catalogue
 from c360.run.pipeline import Pipeline
 
 OLIST = Settings.from_env().olist_dir
@@ -268,15 +276,37 @@ def oracle() -> dict[str, dict[str, Any]]:
     return batch_customers(end_of_data(OLIST))
 
 
-def test_replayed_olist_through_kafka_equals_the_pandas_batch(
-        olist_topics: tuple[Settings, ReplayReport], oracle: dict[str, dict[str, Any]],
-        tmp_path: Path) -> None:
-    """THE acceptance test: the real files, the real broker, the real dataflow (the CLI,
-    default settings); every per-customer column as of the end of the data."""
-    settings, report = olist_topics
-    assert report.events > 150_000 and report.counts["orders"] == 27_288
+@dataclass
+class Run:
+    export: bytes  # the .jsonl export, as written
+    rows: dict[str, dict[str, Any]]
+    decisions: dict[str, list[bytes]]  # each customer's decisions on the topic, in order
+    global_deltas: list[Delta]
+    as_of: Any
+    stdout: str = ""
 
-    out = tmp_path / "out.jsonl"
+
+def _decisions_since(settings: Settings, before: dict[int, int]) -> dict[str, list[bytes]]:
+    """Each customer's decisions written to the decisions topic after offsets ``before``."""
+    per_customer: dict[str, list[bytes]] = defaultdict(list)
+    for p, offset, key, value in read_topic(settings, Catalogue(settings.topic_prefix)
+                                            .decisions_topic):
+        if offset >= before.get(p, 0):  # this run's
+            per_customer[key.decode()].append(value)
+    return dict(per_customer)
+
+
+def _decisions_end(settings: Settings) -> dict[int, int]:
+    return next_offsets(read_topic(settings, Catalogue(settings.topic_prefix).decisions_topic))
+
+
+@pytest.fixture(scope="module")
+def cli_run(olist_topics: tuple[Settings, ReplayReport],
+            tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The replay folded by the CLI with its default settings (one worker), to its end."""
+    settings, _ = olist_topics
+    before = _decisions_end(settings)
+    out = tmp_path_factory.mktemp("cli") / "out.jsonl"
     env = {**os.environ, "C360_TOPIC_PREFIX": settings.topic_prefix}
     for name in ("C360_KAFKA_BOOTSTRAP", "C360_ALLOWED_LATENESS_S"):
         env.pop(name, None)
@@ -285,9 +315,34 @@ def test_replayed_olist_through_kafka_equals_the_pandas_batch(
          "--bootstrap", settings.bootstrap],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "26924 customers, 32951 products" in run.stdout, run.stdout
+    return Run(out.read_bytes(), _rows(out), _decisions_since(settings, before), [], None,
+               run.stdout)
 
-    rows = _rows(out)
+
+@pytest.fixture(scope="module")
+def two_workers(olist_topics: tuple[Settings, ReplayReport],
+                tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The replay folded in this process by a Pipeline with two workers, to its end."""
+    settings, _ = olist_topics
+    before = _decisions_end(settings)
+    store = RecordingStore()
+    pipeline = Pipeline(settings, store, workers=2, idle_timeout=3)
+    pipeline.run()
+    path = store.export(tmp_path_factory.mktemp("w2") / "customers.jsonl")
+    return Run(path.read_bytes(), _rows(path), _decisions_since(settings, before),
+               store.global_deltas, getattr(pipeline, "as_of", None))
+
+
+def test_replayed_olist_through_kafka_equals_the_pandas_batch(
+        olist_topics: tuple[Settings, ReplayReport], oracle: dict[str, dict[str, Any]],
+        cli_run: Run) -> None:
+    """THE acceptance test: the real files, the real broker, the real dataflow (the CLI,
+    default settings); every per-customer column as of the end of the data."""
+    _, report = olist_topics
+    assert report.events > 150_000 and report.counts["orders"] == 27_288
+    assert "26924 customers, 32951 products" in cli_run.stdout, cli_run.stdout
+
+    rows = cli_run.rows
     live = pd.DataFrame.from_dict(rows, orient="index")
     batch = batch_metrics(OLIST)
     assert set(live.index) == set(batch.index)
@@ -320,32 +375,9 @@ def test_replayed_olist_through_kafka_equals_the_pandas_batch(
     assert not any(diff.values()), _differing(diff, rows, oracle)
 
 
-@dataclass
-class Run:
-    rows: dict[str, dict[str, Any]]
-    global_deltas: list[Delta]
-    as_of: Any
-
-
-@pytest.fixture(scope="module")
-def runs(olist_topics: tuple[Settings, ReplayReport], tmp_path_factory: pytest.TempPathFactory
-         ) -> dict[int, Run]:
-    """The replay run to its end in this process with 1 and 2 workers (default settings)."""
-    settings, _ = olist_topics
-    out: dict[int, Run] = {}
-    for workers in (1, 2):
-        store = RecordingStore()
-        pipeline = Pipeline(settings, store, workers=workers, idle_timeout=3)
-        pipeline.run()
-        path = store.export(tmp_path_factory.mktemp(f"w{workers}") / "customers.jsonl")
-        out[workers] = Run(_rows(path), store.global_deltas, getattr(pipeline, "as_of", None))
-    return out
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_every_customer_column_equals_pandas(runs: dict[int, Run], workers: int,
-                                            oracle: dict[str, dict[str, Any]]) -> None:
-    run = runs[workers]
+def test_two_workers_give_every_customer_column_of_pandas(
+        two_workers: Run, oracle: dict[str, dict[str, Any]]) -> None:
+    run = two_workers
     assert run.as_of == end_of_data(OLIST)  # the run says which event time it is as of
     diff = compare_customers(run.rows, oracle)
     # The plain columns first: if they differ, the windowed ones are no evidence.
@@ -354,13 +386,29 @@ def test_every_customer_column_equals_pandas(runs: dict[int, Run], workers: int,
     assert not any(diff.values()), _differing(diff, run.rows, oracle)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_every_global_window_equals_pandas(runs: dict[int, Run], workers: int) -> None:
-    report = compare_windows(runs[workers].global_deltas, batch_windows(OLIST))
+def test_two_workers_give_every_global_window_of_pandas(two_workers: Run) -> None:
+    report = compare_windows(two_workers.global_deltas, batch_windows(OLIST))
     assert report["global:events_per_minute"]["expected"] == 45_989  # every minute with data
     wrong = {e: r for e, r in report.items()
              if r["missing"] or r["extra"] or r["twice"] or r["differing"]}
     assert not wrong, "\n".join(f"{e}: {r}" for e, r in wrong.items())
+
+
+def test_one_and_two_workers_give_byte_identical_exports_and_decisions(
+        cli_run: Run, two_workers: Run) -> None:
+    first, second = cli_run.export, two_workers.export
+    assert first.count(b"\n") == 26_924
+    assert b'"version":' in first and b'"decisions":' in first  # both are compared
+    assert cli_run.decisions, "no decision at all: nothing was compared"
+    if first != second:
+        a, b = first.splitlines(), second.splitlines()
+        differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        pytest.fail(f"{len(differ)} of {len(a)} exported customers differ; first:\n"
+                    f"{a[differ[0]][:1500]!r}\n{b[differ[0]][:1500]!r}")
+    one, two = cli_run.decisions, two_workers.decisions
+    differ = sorted(c for c in one.keys() | two.keys() if one.get(c) != two.get(c))
+    assert not differ, (f"decisions differ for {len(differ)} of {len(one)} customers, "
+                        f"e.g. {differ[0]}: {one.get(differ[0])} vs {two.get(differ[0])}")
 
 
 def test_oracle_restates_the_declared_windows() -> None:
