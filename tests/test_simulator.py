@@ -283,8 +283,10 @@ def test_it_paces_and_stops_when_told(settings: Settings) -> None:
     assert paced.events == 200
     assert paced.elapsed >= 199 / 400 - 0.001
     timed = simulate(settings, customers=10, rate=400, duration=0.5, seed=2, progress=False)
-    assert 0 < timed.events <= 0.5 * 400 + 1  # never ahead of the schedule, stops at 0.5 s
-    assert timed.elapsed >= 0.5
+    # Never ahead of the schedule, and no event due at or after 0.5 s: events 0..199 at
+    # most, however busy the machine (a late loop sends fewer, never more).
+    assert 0 < timed.events <= 0.5 * 400
+    assert timed.elapsed >= 0.5 - 1 / 400
 
     # Unpaced and open-ended, it runs until told to stop, and then stops. (How many events
     # it sends in 0.5 s is the machine's business: 613 on the loaded CI machine, where a
