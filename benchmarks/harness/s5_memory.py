@@ -18,7 +18,7 @@ EVENTS_PER_CUSTOMER = 10
 
 
 def sizes(scale: Scale) -> list[int]:
-    return [2_000, 5_000] if scale.quick else [10_000, 50_000, 100_000]
+    return [1_000, 2_500] if scale.quick else [10_000, 50_000, 100_000]
 
 
 def steps(scale: Scale) -> int:

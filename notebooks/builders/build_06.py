@@ -16,7 +16,7 @@ the least any consumer must (decode, one dict update per event), more streams ag
 the memory an entity costs. Its results are ratios, mostly of events per CPU-second of the
 processing process.
 
-This notebook runs three sections of it at the quick scale (20,000 events over 5,000 customers,
+This notebook runs three sections of it at the quick scale (10,000 events over 2,000 customers,
 one run per engine, each leg in its own child process against its own embedded broker) and plots
 what they measured: about half a minute on an idle machine. The full run, its numbers and the
 profile are in `docs/benchmarks.md`; from a shell, the same as here is
