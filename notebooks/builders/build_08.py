@@ -24,9 +24,7 @@ builds a point-in-time training set, checks it is leakage-free, and trains a sci
 on a time-based split, then deploys it as a live rule that explains its decisions.
 The last cell stops the broker it started."""),
     code("""import json
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,33 +39,11 @@ from c360.dev import olist"""),
     md("""## A quarter of Olist, through Kafka, into a History
 
 Every fourth person (Olist's `customer_unique_id`) with all their orders, items, payments and
-reviews, written as the Kaggle CSV files so that `c360.replay` reads them like the real
-download. A `History` is handed to the run as its store: the pipeline does not know the
-difference, and every delta it applies is also kept, version by version."""),
+reviews, written by `olist.sample` as the Kaggle CSV files so that `c360.replay` reads them
+like the real download. A `History` is handed to the run as its store: the pipeline does not
+know the difference, and every delta it applies is also kept, version by version."""),
     code("""# NBVAL_CHECK_OUTPUT
-def sample_olist(every: int) -> tuple[Path, list[str]]:
-    \"\"\"Every ``every``-th Olist person and all their rows, as CSV files in a new directory.\"\"\"
-    data = olist.load(c360.Settings.from_env().olist_dir)
-    people = sorted(data.customers["customer_unique_id"].unique())[::every]
-    customers = data.customers[data.customers["customer_unique_id"].isin(set(people))]
-    orders = data.orders[data.orders["customer_id"].isin(set(customers["customer_id"]))]
-    mine = set(orders["order_id"])
-    items = data.items[data.items["order_id"].isin(mine)]
-    tables = {
-        "customers": customers, "orders": orders, "order_items": items,
-        "order_payments": data.payments[data.payments["order_id"].isin(mine)],
-        "order_reviews": data.reviews[data.reviews["order_id"].isin(mine)],
-        "products": data.products[data.products["product_id"].isin(set(items["product_id"]))],
-        "geolocation": data.geolocation,
-    }
-    out = Path(tempfile.mkdtemp(prefix="c360-olist-quarter-"))
-    for name, table in tables.items():
-        table.to_csv(out / f"olist_{name}_dataset.csv", index=False)
-    data.categories.to_csv(out / "product_category_name_translation.csv", index=False)
-    return out, people
-
-
-data_dir, people = sample_olist(every=4)
+data_dir, people = olist.sample(every=4)
 len(people)"""),
     code("""# NBVAL_CHECK_OUTPUT
 began = time.monotonic()
