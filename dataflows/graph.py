@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bytewax.operators as op
@@ -125,6 +126,7 @@ def build_flow(
     recoverable: bool = True,
     changes_sink: Sink[KafkaSinkMessage] | None = None,
     run_id: str = "",
+    entity_log: str | Path | None = None,
 ) -> Dataflow:
     """The customer-360 dataflow between any batch source and any sinks.
 
@@ -137,7 +139,9 @@ def build_flow(
     entities. ``recoverable=False`` skips state snapshots: right when bytewax runs
     without recovery, where it would discard them anyway. ``changes_sink`` gets every
     change the store gets, as entity-changes records tagged with ``run_id``
-    (:mod:`c360.topics.changes`).
+    (:mod:`c360.topics.changes`). ``entity_log`` (with ``recoverable``; the recovery
+    directory's ``entities``): snapshots are incremental, each shard's changed entities go to
+    its log there (:mod:`c360.store.entity_log`); without it each snapshot is whole shards.
     """
     catalogue = catalogue or Catalogue()
     hooks = hooks if hooks is not None else EntityHooks(allowed_lateness=allowed_lateness)
@@ -151,7 +155,7 @@ def build_flow(
     # routed: (shard key, ShardBatch)
 
     folded = fold_entities("fold", routed, lambda resume: ShardLogic(
-        resume, logic, recoverable, hooks, allowed_lateness, analytics))
+        resume, logic, recoverable, hooks, allowed_lateness, analytics, entity_log))
     # folded.deltas: list[Delta | Lifecycle], one batch per shard per poll, in version order
     deltas = folded.deltas
     if analytics:
@@ -188,7 +192,8 @@ def kafka_flow(settings: Settings, store: EntityStore, *, catalogue: Catalogue |
                idle_timeout: float | None = None, stop: threading.Event | None = None,
                recoverable: bool = False, changes_topic: str | None = None, run_id: str = "",
                hooks: EntityHooks | None = None, analytics: bool = True,
-               logic: Logic | None = first_logic) -> KafkaFlow:
+               logic: Logic | None = first_logic,
+               entity_log: str | Path | None = None) -> KafkaFlow:
     """The graph between c360's Kafka topics and ``store``. Builds objects only: nothing
     connects until bytewax runs the flow, and no topic is created."""
     s = settings
@@ -212,5 +217,6 @@ def kafka_flow(settings: Settings, store: EntityStore, *, catalogue: Catalogue |
         changes_sink=changes_sink(s, changes_topic) if changes_topic else None,
         run_id=run_id, hooks=hooks, analytics=analytics, catalogue=cat, logic=logic,
         max_event_bytes=s.max_event_bytes,
-        allowed_lateness=timedelta(seconds=s.allowed_lateness_s), recoverable=recoverable)
+        allowed_lateness=timedelta(seconds=s.allowed_lateness_s), recoverable=recoverable,
+        entity_log=entity_log)
     return KafkaFlow(flow, source)

@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -26,9 +27,10 @@ from c360.entity.derive import EntityHooks
 from c360.entity.logic import Logic
 from c360.entity.rules import Decision
 from c360.entity.shard import Failed, Routed, Shard, ShardBatch, shard_of
-from c360.errors import InvalidEvent
+from c360.errors import InvalidEvent, StateFormatError
 from c360.model.delta import Delta, Lifecycle
 from c360.model.events import Catalogue
+from c360.store.entity_log import EntityLog, log_path
 from c360.store.memory import EntityStore
 from c360.store.replica import Materializer
 from c360.topics.changes import RESET_STREAM
@@ -157,24 +159,50 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes | None]):
     With analytics, each batch also reports the shard's watermark of its source partition
     to the global windows (a ``("mark", ...)`` partial), which close on the minimum.
     At the end of a bounded run (:meth:`on_eof`) every customer is aged to the end of input.
+
+    With ``entity_log`` (a directory: the recovery directory's ``entities``), snapshots are
+    incremental (:mod:`c360.store.entity_log`): the entities changed since the last snapshot
+    go to the shard key's log, the snapshot is the shard's bookkeeping and the log's seq.
+    Without it, each snapshot is the whole shard (format 2).
     """
 
     def __init__(self, resume: bytes | None, logic: Logic | None, recoverable: bool,
                  hooks: EntityHooks | None = None,
                  allowed_lateness: timedelta | None = DEFAULT_LATENESS,
-                 analytics: bool = False) -> None:
+                 analytics: bool = False, entity_log: str | Path | None = None) -> None:
         self.analytics = analytics
         self.kind: str | None = None  # every entity of a shard has one kind (see shard_of)
+        self.key: str | None = None  # the shard key: known from a snapshot or the first batch
+        self._logs = Path(entity_log) if entity_log is not None and recoverable else None
+        self._log: EntityLog | None = None
+        self._seq = 0  # the last snapshot's seq in the log
         # The settings are the ones given now, resumed or not: a snapshot holds data only.
         lateness = allowed_lateness or timedelta(0)
         if resume:
-            self.kind, self.shard = codec.decode_shard(resume, hooks, lateness)
+            self.kind, self.shard, ref = codec.decode_head(resume, hooks, lateness)
+            if ref is not None:
+                self.key, self._seq = ref
+                if self.key is not None:
+                    self._resume_log(self.key, self._seq)
+            else:  # a whole snapshot: all its entities go to the log at the next snapshot
+                self.shard.dirty.update(self.shard.entities)
         else:
             self.shard = Shard(hooks, lateness)
         self.logic = logic
         self.recoverable = recoverable
         self._reset_due = bool(resume) and self.kind is not None
         self._reported: dict[int, tuple[float, bool]] = {}
+
+    def _resume_log(self, key: str, seq: int) -> None:
+        if self._logs is None:
+            raise StateFormatError(
+                f"shard {key}: this recovery snapshot is incremental (format 3): its entities "
+                "are in the recovery directory's entity log; resume it with c360 run "
+                "--recovery-dir or Pipeline(recovery_dir=...), or start afresh with an empty "
+                "recovery directory")
+        log = self._log = EntityLog(log_path(self._logs, key))
+        # Rows after seq are an epoch bytewax never committed: resume() drops them.
+        self.shard.entities = {eid: codec.decode_entity(data) for eid, data in log.resume(seq)}
 
     def notify_at(self) -> datetime | None:
         # Called right after a resumed logic is built: publish its reset at once.
@@ -200,6 +228,8 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes | None]):
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[Folded], bool]:
         out = self._reset()
         for batch in values:
+            if self.key is None:
+                self.key = batch.key
             if self.kind is None and batch.items:
                 self.kind = batch.items[0].kind
             decisions: list[Decision] = []
@@ -225,7 +255,24 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, Folded, bytes | None]):
         # format of c360.entity.codec (data, no settings, no module paths).
         if not self.recoverable:
             return None
-        return codec.encode_shard(self.kind, self.shard)
+        shard, key = self.shard, self.key
+        if self._logs is None or key is None:  # key None: resumed whole, no batch since
+            return codec.encode_shard(self.kind, shard)
+        log = self._log
+        if log is None:  # a fresh shard: rows left by a start that never committed go
+            log = self._log = EntityLog(log_path(self._logs, key))
+            log.resume(0)
+        if shard.dirty:
+            # Committed before bytewax stores these bytes: the snapshot never points at rows
+            # that are not there; rows of a snapshot bytewax then fails to commit are dropped
+            # at the resume (their seq is after the one resumed).
+            self._seq += 1
+            entities = shard.entities
+            log.write(self._seq, [
+                (eid, None if (st := entities.get(eid)) is None else codec.encode_entity(st))
+                for eid in shard.dirty], len(entities))
+            shard.dirty.clear()
+        return codec.encode_head(key, self._seq, self.kind, shard)
 
 
 def dead_letter(f: Failed) -> KafkaSinkMessage[bytes | None, bytes]:

@@ -267,8 +267,15 @@ def test_the_snapshots_a_real_run_stores_hold_no_module_path(settings: Settings,
                 assert isinstance(snap, bytes) and snap[:4] == b"C360", step
                 assert b"c360." not in snap and b"EntityHooks" not in snap
                 kinds[snap[:6]] = kinds.get(snap[:6], 0) + 1
-    # Shards (customers and products) in format 2, the global windows in format 1.
-    assert set(kinds) == {b"C360S\x02", b"C360G\x01"} and kinds[b"C360S\x02"] > 2
+    # Shards (customers and products) in format 3 (incremental), the global windows in
+    # format 1; the entities are rows of the shard keys' entity logs, plain data too.
+    assert set(kinds) == {b"C360S\x03", b"C360G\x01"} and kinds[b"C360S\x03"] > 2
+    logs = sorted((tmp_path / "rec" / "entities").glob("*.sqlite3"))
+    assert logs
+    for f in logs:
+        with contextlib.closing(sqlite3.connect(f)) as db:
+            for (row,) in db.execute("SELECT data FROM rows WHERE data IS NOT NULL"):
+                assert b"c360." not in row and b"EntityState" not in row
     recovery.check_snapshots(tmp_path / "rec")  # and the check at start accepts them
 
 
@@ -281,15 +288,15 @@ def _bumped(raw: bytes, version: int = 2) -> bytes:
 def test_a_snapshot_of_another_version_is_refused_in_one_line() -> None:
     hooks = EntityHooks()
     with pytest.raises(StateFormatError) as err:
-        ShardLogic(_bumped(fixture("shard-v1.bin"), 3), first_logic, True, hooks, LATENESS)
+        ShardLogic(_bumped(fixture("shard-v1.bin"), 4), first_logic, True, hooks, LATENESS)
     msg = str(err.value)
     assert "\n" not in msg
-    assert "is format 3, this c360 reads format 1 or 2: start afresh with an empty " in msg
+    assert "is format 4, this c360 reads format 1 or 2 or 3: start afresh with an empty " in msg
     with pytest.raises(StateFormatError, match="format 7, this c360 reads format 1"):
         GlobalWindowsLogic(_bumped(fixture("global-v1.bin"), 7), 1)
     # A pickle as the releases before the format wrote them.
-    with pytest.raises(StateFormatError, match="unversioned pickle of an earlier c360; "
-                                               "this c360 reads recovery snapshot format 1 or 2"):
+    with pytest.raises(StateFormatError, match="unversioned pickle of an earlier c360; this "
+                                               "c360 reads recovery snapshot format 1 or 2 or 3"):
         ShardLogic(pickle.dumps(("customer", {})), first_logic, True, hooks, LATENESS)
     with pytest.raises(DataError, match="damaged recovery snapshot"):
         ShardLogic(fixture("shard-v1.bin")[:-40], first_logic, True, hooks, LATENESS)
@@ -362,7 +369,7 @@ def test_c360_run_on_a_recovery_directory_of_another_format_exits_2_in_one_line(
     with contextlib.closing(sqlite3.connect(rec / "part-0.sqlite3")) as db:
         db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
                    "VALUES ('customer360.fold.state', 'c0', 3, ?)",
-                   (pickle.dumps(_bumped(fixture("shard-v1.bin"), 3)),))
+                   (pickle.dumps(_bumped(fixture("shard-v1.bin"), 4)),))
         db.commit()
     proc = subprocess.run(
         [sys.executable, "-m", "c360", "run", "--recovery-dir", str(rec), "--until-idle", "3"],
@@ -374,7 +381,8 @@ def test_c360_run_on_a_recovery_directory_of_another_format_exits_2_in_one_line(
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith(f"c360: error: recovery directory {rec}, step "
                                "customer360.fold.state key c0: this recovery snapshot is "
-                               "format 3, this c360 reads format 1 or 2: start afresh"), lines[0]
+                               "format 4, this c360 reads format 1 or 2 or 3: start afresh"
+                               ), lines[0]
 
 
 # -- (e) the declared folds' bookkeeping is part of the format (shard format 2) ----------------

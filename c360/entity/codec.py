@@ -27,10 +27,14 @@ from c360.entity.derive import EntityHooks
 from c360.entity.shard import Shard
 from c360.entity.state import EntityState
 from c360.entity.windows import Windows
+from c360.errors import DataError
 from c360.model.codec import ENCODER, GLOBAL, MAGIC, SHARD, decode, decoder, header, payload, plain
 
 SHARD_FORMAT = 2  # 2: each entity also holds its declared folds' bookkeeping (aux)
-SHARD_READS = (1, 2)  # format 1 resumes with no bookkeeping (no declared folds ran then)
+# 3: incremental: the shard's bookkeeping and a sequence number; its entities are rows of the
+# shard's entity log (c360.store.entity_log), each an EntityV2 without a header.
+SHARD_LOG_FORMAT = 3
+SHARD_READS = (1, 2, 3)  # format 1 resumes with no bookkeeping (no declared folds ran then)
 GLOBAL_FORMAT = 1
 ADVICE = ("start afresh with an empty recovery directory (a new --recovery-dir, or delete "
           "this one), or resume it with the c360 that wrote it")
@@ -91,6 +95,17 @@ class ShardV2(msgspec.Struct, array_like=True):
     ended: dict[int, float]
 
 
+class ShardV3(msgspec.Struct, array_like=True):
+    key: str | None  # the shard key: whose entity log holds the entities
+    seq: int  # the snapshot's number in that log: the state is each entity's row <= seq
+    kind: str | None
+    latest: datetime | None
+    marks: dict[int, float]
+    due: dict[int, list[tuple[float, str]]]
+    clocks: dict[int, float]
+    ended: dict[int, float]
+
+
 class AccV1(msgspec.Struct, array_like=True):
     start: datetime
     revenue: int
@@ -112,7 +127,8 @@ class GlobalV1(msgspec.Struct, array_like=True):
     marks: list[tuple[str, int, float, bool]]  # (shard key, partition, watermark, idle)
 
 
-_SHARDS = {1: decoder(ShardV1), 2: decoder(ShardV2)}
+_SHARDS = {1: decoder(ShardV1), 2: decoder(ShardV2), 3: decoder(ShardV3)}
+_ENTITY = decoder(EntityV2)
 _GLOBAL = decoder(GlobalV1)
 
 
@@ -137,15 +153,44 @@ def encode_shard(kind: str | None, shard: Shard) -> bytes:
 
 def decode_shard(raw: bytes, hooks: EntityHooks | None, allowed_lateness: timedelta
                  ) -> tuple[str | None, Shard]:
+    """The kind and shard of a whole (format 1 or 2) snapshot; see :func:`decode_head`."""
+    kind, shard, log = decode_head(raw, hooks, allowed_lateness)
+    if log is not None:
+        raise DataError("an incremental (format 3) shard snapshot needs its entity log")
+    return kind, shard
+
+
+def decode_head(raw: bytes, hooks: EntityHooks | None, allowed_lateness: timedelta
+                ) -> tuple[str | None, Shard, tuple[str | None, int] | None]:
     """The kind and shard of a snapshot, folding with ``hooks`` and ``allowed_lateness``
-    (the settings given now); :class:`StateFormatError` when it is of another format."""
+    (the settings given now), and for a format-3 one (key, seq): where its entities are, to
+    read with :func:`decode_entity` (until then the shard has none); :class:`StateFormatError`
+    when it is of another format."""
     body = payload(raw, SHARD, SHARD_READS, ADVICE)
-    s: ShardV1 | ShardV2 = decode(body, _SHARDS[raw[len(MAGIC) + 1]], SHARD, ADVICE)
+    s: ShardV1 | ShardV2 | ShardV3 = decode(body, _SHARDS[raw[len(MAGIC) + 1]], SHARD, ADVICE)
     shard = Shard(hooks, allowed_lateness)
-    shard.entities = {eid: _entity_in(e) for eid, e in s.entities.items()}
     shard.latest = s.latest
     shard.marks, shard._due, shard._clocks, shard.ended = s.marks, s.due, s.clocks, s.ended
-    return s.kind, shard
+    if isinstance(s, ShardV3):
+        return s.kind, shard, (s.key, s.seq)
+    shard.entities = {eid: _entity_in(e) for eid, e in s.entities.items()}
+    return s.kind, shard, None
+
+
+def encode_head(key: str | None, seq: int, kind: str | None, shard: Shard) -> bytes:
+    """An incremental (format 3) snapshot: the shard's bookkeeping, not its entities, which
+    are in ``key``'s entity log up to ``seq`` (:func:`encode_entity`)."""
+    return header(SHARD, SHARD_LOG_FORMAT) + ENCODER.encode(ShardV3(
+        key, seq, kind, shard.latest, shard.marks, shard._due, shard._clocks, shard.ended))
+
+
+def encode_entity(st: EntityState) -> bytes:
+    """One entity's row of an entity log (format 3's: an EntityV2, no header)."""
+    return ENCODER.encode(_entity_out(st))
+
+
+def decode_entity(data: bytes) -> EntityState:
+    return _entity_in(decode(memoryview(data), _ENTITY, SHARD, ADVICE))
 
 
 def _entity_out(st: EntityState) -> EntityV2:

@@ -92,7 +92,7 @@ class Shard:
     """
 
     __slots__ = ("entities", "hooks", "latest", "_lateness", "marks", "_due", "_clocks",
-                 "ended")
+                 "ended", "dirty")
 
     def __init__(self, hooks: EntityHooks | None = None,
                  allowed_lateness: timedelta = timedelta(hours=1)) -> None:
@@ -104,6 +104,10 @@ class Shard:
         self._due: dict[int, list[tuple[float, str]]] = {}  # partition -> deadline heap
         self._clocks: dict[int, float] = {}  # events without a mark: latest time per partition
         self.ended: dict[int, float] = {}  # source partition -> its final event time
+        # Ids of the entities changed since the last incremental snapshot (c360.entity.codec
+        # format 3 writes only these): every entity an event reached, aged or removed. A
+        # superset is harmless (an unchanged entity is written again), a subset loses state.
+        self.dirty: set[str] = set()
 
     @property
     def aging(self) -> bool:
@@ -126,6 +130,7 @@ class Shard:
         made: list[Decision] = [] if decisions is None else decisions
         latest = self.latest
         marks = self.marks
+        dirty = self.dirty
         items = batch.items if isinstance(batch, ShardBatch) else batch
         part = -1
         mark = NO_MARK
@@ -147,6 +152,7 @@ class Shard:
             state = entities.get(r.entity_id)
             if state is None:
                 state = entities[r.entity_id] = EntityState()
+            dirty.add(r.entity_id)  # before the duplicate check: it records the event id
             event = r.event
             if state.is_duplicate(event.event_id):
                 continue
@@ -223,6 +229,7 @@ class Shard:
             w = state.windows if state is not None else None
             if state is None or w is None or w.due != due:
                 continue  # a stale entry
+            self.dirty.add(entity_id)  # its deadline moves, aged or not
             nxt = next_due(w, state.fields)
             if nxt is not None and nxt > due:  # it had events since: later
                 w.due = nxt
@@ -238,6 +245,7 @@ class Shard:
                  deltas: list[Delta | Lifecycle], final: bool = False) -> None:
         hooks = self.hooks
         assert hooks is not None
+        self.dirty.add(entity_id)
         w = state.windows
         if ts > w.swept:
             w.swept = ts

@@ -32,6 +32,7 @@ from c360.model.declare import EntityModel
 from c360.model.events import Catalogue
 from c360.models.retail import RETAIL
 from c360.run.recovery import recovery_config
+from c360.store.entity_log import ENTITY_LOG_DIR
 from c360.store.memory import EntityStore
 from c360.topics.admin import create_topics
 from c360.topics.changes import new_run_id
@@ -150,7 +151,8 @@ class Pipeline:
                            idle_timeout=self.idle_timeout, stop=self._stop,
                            recoverable=self.recoverable, changes_topic=self.changes_topic,
                            run_id=self.run_id, hooks=self.hooks, analytics=self.analytics,
-                           logic=self.logic)
+                           logic=self.logic, entity_log=None if self.recovery_dir is None
+                           else self.recovery_dir / ENTITY_LOG_DIR)
         self.source = wired.source
         return wired.flow
 

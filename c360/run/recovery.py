@@ -50,6 +50,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from c360.entity import codec
 from c360.errors import BrokerError, ConfigError, DataError, RecoveryMismatch
+from c360.store.entity_log import ENTITY_LOG_DIR
 
 PARTITION_GLOB = "part-*.sqlite3"
 MARKER = "c360-recovery.json"  # written last: the directory is set up once it exists
@@ -200,6 +201,9 @@ def _set_up(path: Path, partitions: int) -> None:
         for f in files:
             for leftover in (f, *(f.with_name(f.name + s) for s in ("-journal", "-wal", "-shm"))):
                 leftover.unlink(missing_ok=True)
+    # Entity logs of an earlier directory's snapshots (incremental snapshots,
+    # c360.store.entity_log) belong to the partitions made again: never resumed.
+    shutil.rmtree(path / ENTITY_LOG_DIR, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_setups(path)
     tmp = path.parent / f".{path.name}.setup-{os.getpid()}-{uuid.uuid4().hex[:8]}"
