@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from benchmarks.harness.report import tables
-from benchmarks.harness.s4_latency import client_latencies
+from benchmarks.harness.s4_latency import (
+    QUICK_RATE,
+    busiest,
+    client_latencies,
+    highest_within,
+    search_bounds,
+)
 from c360.cli import main
 
 
@@ -37,12 +43,19 @@ def test_bench_quick_writes_all_sections(tmp_path: Path) -> None:
     assert all(r["events_per_cpu_s"] > 0 and r["latest_record_bytes"] > 0 for r in s3["c360"])
     assert "full runs" in s3["flink"]["skipped"]  # --quick skips PyFlink and says why
     s4 = sections["4_latency"]
-    assert [lv["load"] for lv in s4["levels"]] == [0.1, 0.5, 0.8]
+    assert [lv["rate"] for lv in s4["levels"]] == [QUICK_RATE]  # full runs: 2k, 10k, 20k
     for lv in s4["levels"]:
         assert lv["store"]["n"] > 0
         # The client leg: a real WebSocket client received patches covering the deltas.
         assert lv["client"]["n"] > 0 and lv["client"]["patches"] > 0
         assert lv["client"]["gaps"] == 0
+        # The browser leg: Chromium painted every delta of the customers its page synced,
+        # and its table shows the version the page's copy is at.
+        br = lv["browser"]
+        assert br["n"] > 0 and br["customer_deltas_not_rendered"] == 0
+        assert br["gaps"] == br["errors"] == 0 and br["page_errors"] == []
+        assert br["dom_shows_every_version"] and br["entities_seen"] == len(br["entities"])
+        assert br["n"] == lv["client_watched"]["n"]  # the same deltas the client received
     s6 = sections["6_fanout"]
     sc = s6["scenario"]
     base, fan = s6["baseline"], s6["fanout"]
@@ -71,6 +84,36 @@ def test_client_latency_covers_coalesced_patches() -> None:
     lat, missing = client_latencies(versions, arrivals)
     assert sorted(lat) == [0.25, 1.0, 1.5]
     assert missing == 1
+
+
+def test_the_browser_watches_the_busiest_customers_of_the_run() -> None:
+    import pandas as pd
+
+    from benchmarks.harness.paced import paced_items
+
+    items = paced_items(2_000, 3_000)
+    frame = pd.DataFrame([(stream, key) for stream, key, _event in items],
+                         columns=["stream", "key"])
+    counts = frame[frame["key"].str.startswith("cust-")]["key"].value_counts()
+    top = busiest(items, 8)
+    assert len(top) == 8
+    assert [counts[k] for k in top] == list(counts.iloc[:8])
+
+
+def _lv(rate: int, achieved: int, p99: float) -> dict:
+    return {"rate": rate, "produced": {"achieved_rate": achieved},
+            "client": {"p99_ms": p99}, "browser": {"p99_ms": p99 * 2}}
+
+
+def test_the_search_bisects_between_the_rates_that_met_the_target_and_those_that_did_not() -> None:
+    levels = [_lv(2_000, 2_000, 40.0), _lv(10_000, 9_500, 90.0), _lv(20_000, 15_000, 900.0)]
+    assert search_bounds(levels, 30_000, 100.0) == (10_000, 20_000)
+    assert search_bounds(levels[2:], 30_000, 100.0) == (0, 20_000)  # none met it
+    assert search_bounds(levels[:2], 30_000, 100.0) == (10_000, 30_000)  # all met it
+    # The answer is the highest achieved rate among those that met it.
+    best = highest_within(levels + [_lv(15_000, 12_000, 99.0)], 100.0)
+    assert best is not None and best["produced"]["achieved_rate"] == 12_000
+    assert highest_within(levels[2:], 100.0) is None
 
 
 def test_flink_input_files_and_the_chained_join_size_agree_with_pandas(tmp_path: Path) -> None:

@@ -78,10 +78,27 @@ def prepare(bootstrap: str, prefix: str, ingest: bool = False) -> int:
     return n
 
 
+Item = tuple[str, str, Event]  # (stream, key, event), as the simulator yields them
+
+
+def paced_items(customers: int, total: int) -> list[Item]:
+    """The first ``total`` events a paced run produces (deterministic): a caller may look
+    at them before producing (section 4 picks the customers its browser watches)."""
+    cat = Catalogue("")
+    # The simulator opens with its product catalogue (every product once, no customer):
+    # a live store has that already, and a short run would otherwise see no customer.
+    keyed_by_customer = {s.name for s in cat.streams if s.key_field == "customer_id"}
+    events = itertools.dropwhile(lambda item: item[0] not in keyed_by_customer,
+                                 generate(customers, 5, START))
+    return list(itertools.islice(events, total))
+
+
 def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
-          customers: int, ingest: bool = False) -> dict[str, Any]:
+          customers: int, ingest: bool = False,
+          items: list[Item] | None = None) -> dict[str, Any]:
     """Produce ``rate`` events/s for ``seconds``, event time = now; then the sentinels.
-    ``ingest``: every event to the mixed ingest topic (after ``prepare(..., ingest=True)``)."""
+    ``ingest``: every event to the mixed ingest topic (after ``prepare(..., ingest=True)``).
+    ``items``: :func:`paced_items` of these arguments, if the caller made them already."""
     from confluent_kafka import Producer
 
     cat = Catalogue(prefix)
@@ -90,12 +107,9 @@ def paced(bootstrap: str, prefix: str, rate: float, seconds: float,
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
                          "linger.ms": paced_linger_ms(rate)})
     total = int(rate * seconds)
-    # The simulator opens with its product catalogue (every product once, no customer):
-    # a live store has that already, and a short run would otherwise see no customer.
-    keyed_by_customer = {s.name for s in cat.streams if s.key_field == "customer_id"}
-    events = itertools.dropwhile(lambda item: item[0] not in keyed_by_customer,
-                                 generate(customers, 5, START))
-    items = list(itertools.islice(events, total))
+    if items is None:
+        items = paced_items(customers, total)
+    assert len(items) == total, "items made for another rate or duration"
     began = time.monotonic()
     for n, (stream, key, event) in enumerate(items):
         ahead = began + n / rate - time.monotonic()
